@@ -1,0 +1,3 @@
+from supportprune.cli import main
+
+main()

@@ -1,0 +1,199 @@
+"""Latency and throughput of exported ONNX models under ONNX Runtime, on the GPU when there is one.
+
+GPU timings use IO binding with the input already on the device, so they measure the model, not
+host-to-device copies. Timings are per ``run`` call with ``time.perf_counter`` after warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from supportprune.atomic import atomic_write_text
+from supportprune.errors import SupportpruneError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEVICES = ("auto", "cuda", "cpu")
+_ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    model: str
+    path: str
+    provider: str
+    batch_size: int
+    runs: int
+    median_ms: float
+    p90_ms: float
+    throughput: float  # images/s = batch_size / median seconds
+
+
+def gpu_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def select_providers(device: str = "auto") -> list[str]:
+    """ORT providers for ``device``. CUDA is only asked for when a GPU is present: asking for it
+    without one makes ORT log provider-load errors before falling back to the CPU."""
+    if device not in DEVICES:
+        raise SupportpruneError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return [CPU]
+    import onnxruntime as ort
+
+    if gpu_available() and CUDA in ort.get_available_providers():
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise SupportpruneError(
+            "device 'cuda' needs a CUDA GPU and onnxruntime-gpu with CUDAExecutionProvider; use --device cpu or auto"
+        )
+    return [CPU]
+
+
+def benchmark_onnx(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    batch_sizes: Sequence[int] = (1, 64),
+    runs: int = 50,
+    warmup: int = 10,
+    device: str = "auto",
+    threads: int | None = None,
+) -> list[BenchResult]:
+    """Time ``path`` at every batch size on random normal inputs (fixed seed); one result per batch size."""
+    if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
+        raise SupportpruneError("benchmark needs runs >= 1, warmup >= 0 and batch sizes >= 1")
+    path = Path(path)
+    providers = select_providers(device)
+    session = _open_session(path, providers, threads)
+    provider = session.get_providers()[0]
+    if device == "cuda" and provider != CUDA:
+        raise SupportpruneError(f"ONNX Runtime could not start CUDA for {path}; use --device cpu")
+    input_meta, output_name = session.get_inputs()[0], session.get_outputs()[0].name
+    sample_shape, dtype = _input_spec(input_meta, path)
+    rng = np.random.default_rng(0)
+    results = []
+    for batch_size in batch_sizes:
+        x = rng.standard_normal((batch_size, *sample_shape)).astype(dtype)
+        run = _runner(session, input_meta.name, output_name, x, on_gpu=provider == CUDA)
+        times = _time(run, runs, warmup)
+        median = statistics.median(times)
+        results.append(
+            BenchResult(
+                model=name or path.stem,
+                path=str(path),
+                provider=provider,
+                batch_size=batch_size,
+                runs=runs,
+                median_ms=median * 1e3,
+                p90_ms=float(np.percentile(times, 90)) * 1e3,
+                throughput=batch_size / median,
+            )
+        )
+    return results
+
+
+def _open_session(path: Path, providers: list[str], threads: int | None):
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise SupportpruneError(f"ONNX model {path} does not exist; export it first")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # ORT's pybind errors share no useful base class
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SupportpruneError(f"ONNX model {path} cannot be loaded ({first}); export it again") from error
+
+
+def _input_spec(meta: Any, path: Path) -> tuple[tuple[int, ...], type]:
+    """(C, H, W) and numpy dtype of the model's input; the batch dimension is ours to choose."""
+    sample_shape = tuple(meta.shape[1:])
+    if not all(isinstance(d, int) and d > 0 for d in sample_shape) or meta.type not in _ONNX_DTYPES:
+        raise SupportpruneError(
+            f"ONNX model {path} has input {meta.name} of shape {meta.shape} and type {meta.type}; "
+            "the benchmark needs fixed non-batch dimensions and a float input"
+        )
+    return sample_shape, _ONNX_DTYPES[meta.type]
+
+
+def _runner(session: Any, input_name: str, output_name: str, x: np.ndarray, *, on_gpu: bool) -> Callable[[], Any]:
+    """One inference call. On the GPU the input lives on the device and the output stays there, so
+    only the model is timed; ``run_with_iobinding`` returns once the device work is done."""
+    if not on_gpu:
+        return lambda: session.run([output_name], {input_name: x})
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+    binding.bind_output(output_name, "cuda")
+    return lambda: session.run_with_iobinding(binding)
+
+
+def _time(run: Callable[[], Any], runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def results_markdown(results: Sequence[BenchResult]) -> str:
+    lines = [
+        "| model | provider | batch | median ms | p90 ms | images/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        provider = r.provider.removesuffix("ExecutionProvider")
+        lines.append(
+            f"| {r.model} | {provider} | {r.batch_size} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {r.throughput:,.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers depend on: date, ONNX Runtime version and providers, host, GPU."""
+    import onnxruntime as ort
+
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(),
+        "host": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "cuda_device": torch.cuda.get_device_name(0) if gpu_available() else None,
+    }
+
+
+def write_benchmark(results: Sequence[BenchResult], json_path: str | os.PathLike, md_path: str | os.PathLike) -> None:
+    """Write the results as JSON (with the environment) and as a markdown table, each atomically."""
+    env = environment()
+    payload = {**env, "results": [asdict(r) for r in results]}
+    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
+    host = env["host"]
+    device = env["cuda_device"] or f"{host['processor']}, {host['cpu_count']} CPUs"
+    header = f"# ONNX Runtime benchmark\n\n{env['date']}, onnxruntime {env['onnxruntime']}, {device}\n\n"
+    atomic_write_text(md_path, header + results_markdown(results))

@@ -1,0 +1,213 @@
+"""The `supportprune` command line: parse, load the recipe, call one package function, report errors on one line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from supportprune.errors import SupportpruneError
+
+app = typer.Typer(
+    help="Compress pretrained CNNs with learned supports (Huang, Kong, Lucey 2017): Dense–Sparse–Dense with B-alternation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+recipes_app = typer.Typer(help="List the shipped recipes, or show one.", invoke_without_command=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+def _err(text: str) -> None:
+    typer.echo(f"error: {text}", err=True)
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """Known problems become one line on stderr and exit code 1; no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SupportpruneError as error:
+            _err(str(error).replace("\n", " "))
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            _err("interrupted; run the same command again to resume from the last checkpoint")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+class RichReporter:
+    """Progress bars and messages on the terminal (plain lines where stdout is not a terminal)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(highlight=False, soft_wrap=True)
+        self._progress = None
+        self._task = None
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False)
+
+    def start(self, description: str, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  top-1 {task.fields[top1]:.1f}%"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True, disable=not self.console.is_terminal,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, loss=float("nan"), top1=0.0)
+
+    def advance(self, completed: int, **fields: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed, **fields)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise SupportpruneError(f"{option} {text!r}: expected comma-separated numbers like 0.485,0.456,0.406") from None
+
+
+def _ints(text: Optional[str], option: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise SupportpruneError(f"{option} {text!r}: expected comma-separated integers like 1,64,256") from None
+
+
+@app.command()
+@friendly_errors
+def compress(
+    model: str = typer.Argument(..., help="torchvision model name (resnet18, vgg16, googlenet, ...) or package.module:factory"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe file or shipped recipe name (default: 'embedded' for the embedded data, else recipes/MODEL.yaml)"),
+    data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagenet:DIR | folder:DIR"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights name (IMAGENET1K_V1, DEFAULT) or a file (state dict or supportprune checkpoint)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/MODEL)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (overrides the recipe)"),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="image side in pixels"),
+    channels: Optional[int] = typer.Option(None, "--channels", help="input channels the model reads (default: the data's)"),
+    mean: Optional[str] = typer.Option(None, "--mean", help="normalisation mean, comma-separated"),
+    std: Optional[str] = typer.Option(None, "--std", help="normalisation std, comma-separated"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="mini-batch size (the B-alternation mask is shared by a batch)"),
+    granularity: Optional[str] = typer.Option(None, "--granularity", help="support unit: element or channel"),
+    relative_threshold: Optional[float] = typer.Option(None, "--relative-threshold", help="Eq. 41's β as a multiple of each site's mean unit energy"),
+    target_macs: Optional[float] = typer.Option(None, "--target-macs", help="fraction of baseline MACs to keep; the threshold is searched to meet it"),
+    round_to: Optional[int] = typer.Option(None, "--round-to", help="keep channel counts multiples of this"),
+    restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
+) -> None:
+    """Dense → Sparse (B-alternation; channels with zero support pruned) → re-Dense; export and benchmark baseline, sparse and dense ONNX models."""
+    from supportprune.compress import compress as run_compress
+    from supportprune.recipe import load_recipe, resolve_recipe, with_overrides
+
+    recipe_path = resolve_recipe(recipe, model, data)
+    overrides = {
+        "data.source": data, "weights": weights, "seed": seed, "data.input_size": input_size,
+        "data.channels": channels, "data.mean": _floats(mean, "--mean"), "data.std": _floats(std, "--std"),
+        "data.batch_size": batch_size, "sparse.granularity": granularity,
+        "sparse.relative_threshold": relative_threshold, "sparse.target_macs": target_macs, "sparse.round_to": round_to,
+    }
+    resolved = with_overrides(load_recipe(recipe_path), overrides, f"{recipe_path} with command-line options")
+    out_dir = out or Path("runs") / model.replace(":", "_").replace("/", "_")
+    reporter = RichReporter()
+    reporter.message(f"supportprune compress {model}: recipe {recipe_path}, output {out_dir}")
+    result = run_compress(model, resolved, out_dir, device=device, restart=restart, reporter=reporter, max_steps_per_epoch=max_steps)
+    reporter.message(f"done in {result.seconds:.0f} s: {result.out_dir}/report.md")
+
+
+@recipes_app.callback()
+@friendly_errors
+def recipes(ctx: typer.Context) -> None:
+    """List the shipped recipes."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from supportprune.recipe import load_recipe, shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        typer.echo(f"{name:12s} {load_recipe(path).description}")
+
+
+@recipes_app.command("show")
+@friendly_errors
+def recipes_show(name: str = typer.Argument(..., help="shipped recipe name or file")) -> None:
+    """Print a recipe, validated and with every default filled in."""
+    from supportprune.recipe import load_recipe, shipped_recipes
+
+    path = shipped_recipes().get(name, Path(name))
+    typer.echo(load_recipe(path).to_yaml(), nl=False)
+
+
+@app.command("export")
+@friendly_errors
+def export_run(
+    run_dir: Path = typer.Argument(..., help="a compress run directory"),
+    device: str = typer.Option("auto", "--device", help="device for the accuracy check"),
+) -> None:
+    """Re-export a finished run's baseline, sparse and dense models to ONNX (checked against PyTorch)."""
+    import yaml
+
+    from supportprune.compress import RunLayout, export_models, load_run_models
+    from supportprune.data import load_data, make_loaders
+    from supportprune.recipe import recipe_from_dict
+    from supportprune.train import choose_device
+
+    layout = RunLayout(run_dir)
+    torch_device = choose_device(device)
+    spec, models = load_run_models(layout, torch_device)
+    recipe = recipe_from_dict(yaml.safe_load(layout.recipe.read_text()), str(layout.recipe))
+    data = load_data(recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean,
+                     std=recipe.data.std, channels=recipe.data.channels)
+    _, val_loader = make_loaders(data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)
+    export_models(spec, models, recipe, layout, val_loader, torch_device, RichReporter())
+
+
+@app.command()
+@friendly_errors
+def bench(
+    models: List[Path] = typer.Argument(..., help="ONNX files"),
+    batch_sizes: str = typer.Option("1,64", "--batch-sizes", help="comma-separated batch sizes"),
+    runs: int = typer.Option(50, "--runs", help="timed runs per batch size"),
+    warmup: int = typer.Option(10, "--warmup", help="untimed runs first"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when a GPU is present), cuda or cpu"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write benchmark.json and benchmark.md into this directory"),
+) -> None:
+    """Benchmark ONNX models with ONNX Runtime: median and p90 latency, throughput."""
+    from supportprune.bench import benchmark_onnx, results_markdown, write_benchmark
+
+    sizes = _ints(batch_sizes, "--batch-sizes")
+    results = []
+    for path in models:
+        results += benchmark_onnx(path, name=path.stem, batch_sizes=sizes, runs=runs, warmup=warmup, device=device)
+    if results:
+        typer.echo(f"ONNX Runtime provider: {results[0].provider}")
+    typer.echo(results_markdown(results))
+    if out is not None:
+        write_benchmark(results, out / "benchmark.json", out / "benchmark.md")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Dense–Sparse–Dense with learned supports: the algorithm's lifecycle, without I/O.
+
+The training loop calls these at a few named points (Han et al. 2017's DSD, with the Sparse step's
+magnitude threshold replaced by the B-alternation support of Huang et al. 2017, section 4.2):
+
+    begin_sparse(model, config)                      # sites compute batch masks (Eq. 41), record statistics
+    ... train epochs ...
+    alternation_point(model, example, config, macs)  # prune channels whose support stayed zero
+    ... more epochs, more alternation points ...
+    end_sparse(model)                                # back to η* on each example
+    sparse_model = build_sparse_model(model, example)  # physically smaller, via torch-pruning
+    redense(model, example)                          # pruned connections back, at zero
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from supportprune.pruning import (
+    apply_keep_masks,
+    count_macs_params,
+    plan_keep_masks,
+    prune_to_keep_masks,
+    search_relative_threshold,
+    zero_pruned_connections,
+)
+from supportprune.recipe import SparseConfig
+from supportprune.support import reset_support_stats, set_site_mode, support_sites
+
+
+@dataclass(frozen=True)
+class AlternationResult:
+    relative_threshold: float
+    channels_kept: int
+    channels_total: int
+    macs: int  # of the model with the pruned channels removed
+    observed_batches: int
+
+
+def begin_sparse(model: nn.Module, config: SparseConfig, *, reset: bool = True) -> None:
+    """Sites switch to B-alternation. ``reset=False`` resumes a Sparse phase: the threshold (possibly
+    searched) and the statistics restored from a checkpoint are kept."""
+    set_site_mode(model, "batch", granularity=config.granularity, record_stats=True)
+    if reset:
+        set_site_mode(model, "batch", relative_threshold=config.relative_threshold)
+        reset_support_stats(model)
+
+
+def zero_support_channels(model: nn.Module, relative_threshold: float | None = None) -> dict[str, Tensor]:
+    """Per site, the channels whose batch support stayed zero since the statistics were reset.
+
+    With ``relative_threshold`` given, answers for that threshold instead of the one used in training:
+    a channel's support stayed zero at τ exactly when its largest relative energy was ≤ τ.
+    Sites that saw no batch report no zero channel (no evidence).
+    """
+    zero = {}
+    for name, site in support_sites(model):
+        if int(site.stat_batches) == 0:
+            zero[name] = torch.zeros(site.channels, dtype=torch.bool)
+        elif relative_threshold is None:
+            zero[name] = (site.stat_support_batches == 0).cpu()
+        else:
+            zero[name] = (site.stat_max_relative_energy <= relative_threshold).cpu()
+    return zero
+
+
+def alternation_point(
+    model: nn.Module, example_input: Tensor, config: SparseConfig, baseline_macs: int
+) -> AlternationResult:
+    """Prune (by keep masks) the channels whose support stayed zero; with a MACs target, first search
+    the threshold that meets it and train on with that threshold. Statistics restart afterwards."""
+    observed = max((int(site.stat_batches) for _, site in support_sites(model)), default=0)
+    if config.target_macs is not None:
+        max_relative = {name: site.stat_max_relative_energy.clone() for name, site in support_sites(model)}
+        threshold, keep, _ = search_relative_threshold(
+            model, example_input, max_relative, int(config.target_macs * baseline_macs), round_to=config.round_to
+        )
+        set_site_mode(model, "batch", relative_threshold=threshold)
+    else:
+        threshold = float(next(site for _, site in support_sites(model)).relative_threshold)
+        scores = {name: site.stat_max_relative_energy for name, site in support_sites(model)}
+        keep = plan_keep_masks(model, example_input, zero_support_channels(model), round_to=config.round_to, scores=scores)
+    apply_keep_masks(model, keep)
+    reset_support_stats(model)
+    macs, _ = count_macs_params(prune_to_keep_masks(model, example_input), example_input)
+    kept = sum(int(mask.sum()) for mask in keep.values())
+    total = sum(mask.numel() for mask in keep.values())
+    return AlternationResult(threshold, kept, total, macs, observed)
+
+
+def end_sparse(model: nn.Module) -> None:
+    set_site_mode(model, "threshold", record_stats=False)
+
+
+def build_sparse_model(model: nn.Module, example_input: Tensor) -> nn.Module:
+    """The Sparse step's model, physically smaller: the masked model without its pruned channels."""
+    sparse = prune_to_keep_masks(model, example_input)
+    set_site_mode(sparse, "threshold", record_stats=False)
+    return sparse
+
+
+def redense(model: nn.Module, example_input: Tensor) -> int:
+    """DSD's re-dense step: pruned connections return, initialised to zero. Returns the channel count."""
+    end_sparse(model)
+    return zero_pruned_connections(model, example_input)

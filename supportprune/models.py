@@ -1,0 +1,189 @@
+"""Building the network to compress: a torchvision model by name or a user's factory, adapted to the data.
+
+The head adapts to the dataset's class count and the first convolution to its channels, so the same
+model serves ImageNet and the embedded Fashion-MNIST.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from supportprune.errors import SupportpruneError
+
+SITE_BUFFERS = frozenset(
+    ("beta", "keep", "relative_threshold", "stat_batches", "stat_support_batches", "stat_energy",
+     "stat_max_relative_energy", "stat_kept_units")
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the same architecture (before support conversion)."""
+
+    name: str  # torchvision name or package.module:factory
+    num_classes: int
+    in_channels: int
+    input_size: int
+
+    def example_input(self, batch: int = 2) -> torch.Tensor:
+        return torch.zeros(batch, self.in_channels, self.input_size, self.input_size)
+
+
+def _torchvision_kwargs(name: str) -> dict[str, Any]:
+    # GoogLeNet and Inception: no auxiliary heads (they are training-only and break export);
+    # transform_input assumes ImageNet-normalised RGB, which our inputs need not be.
+    if name in ("googlenet", "inception_v3"):
+        return {"aux_logits": False, "init_weights": True, "transform_input": False}
+    return {}
+
+
+def classification_models() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
+    """Instantiate ``spec.name`` with ``weights`` loaded, then adapt head and input channels."""
+    if ":" in spec.name:
+        model = _from_factory(spec.name)
+        native_classes = None
+    else:
+        import torchvision
+
+        if spec.name not in classification_models():
+            close = [m for m in classification_models() if spec.name.lower() in m][:5]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise SupportpruneError(
+                f"unknown model {spec.name!r}{hint}; use a torchvision classification model name "
+                "(`python -c 'import torchvision; print(torchvision.models.list_models())'`) or package.module:factory"
+            )
+        model = torchvision.models.get_model(spec.name, weights=None, **_torchvision_kwargs(spec.name))
+        native_classes = _head(model).out_features
+    if weights is not None:
+        load_weights(model, weights, spec.name)
+    if native_classes is None or native_classes != spec.num_classes:
+        adapt_head(model, spec.num_classes)
+    adapt_input_channels(model, spec.in_channels)
+    return model
+
+
+def _from_factory(path: str) -> nn.Module:
+    module_name, _, attribute = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise SupportpruneError(f"cannot import model factory {path!r}: {error}; check the module is on PYTHONPATH") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise SupportpruneError(f"model factory {path!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _head(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise SupportpruneError(f"{type(model).__name__} has no nn.Linear classifier head to adapt to the dataset")
+    return linears[-1]
+
+
+def _set_module(root: nn.Module, target: nn.Module, replacement: nn.Module) -> None:
+    for name, module in root.named_modules():
+        if module is target:
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(root.get_submodule(parent_name) if parent_name else root, leaf, replacement)
+            return
+
+
+def adapt_head(model: nn.Module, num_classes: int) -> None:
+    head = _head(model)
+    if head.out_features != num_classes:
+        _set_module(model, head, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
+
+
+def adapt_input_channels(model: nn.Module, in_channels: int) -> None:
+    """Make the first convolution read ``in_channels``; pretrained filters are averaged over their
+    input channels and repeated, so a grayscale image gives the response its RGB copy would."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise SupportpruneError(f"{type(model).__name__} has no nn.Conv2d to read the input")
+    if first.in_channels == in_channels:
+        return
+    if first.groups != 1:
+        raise SupportpruneError("cannot adapt a grouped first convolution to the data's channels")
+    replacement = nn.Conv2d(
+        in_channels, first.out_channels, first.kernel_size, first.stride, first.padding,
+        first.dilation, bias=first.bias is not None, padding_mode=first.padding_mode,
+    )
+    with torch.no_grad():
+        mean_filter = first.weight.mean(dim=1, keepdim=True)
+        replacement.weight.copy_(mean_filter.repeat(1, in_channels, 1, 1) * first.in_channels / in_channels)
+        if first.bias is not None:
+            replacement.bias.copy_(first.bias)
+    _set_module(model, first, replacement)
+
+
+def load_weights(model: nn.Module, weights: str, model_name: str) -> None:
+    """Load a torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``) or a local file: a state dict,
+    or a supportprune checkpoint (its ``model`` entry)."""
+    path = Path(weights)
+    if path.exists():
+        state = read_state_dict(path)
+    else:
+        state = _torchvision_state(weights, model_name)
+    # Our own checkpoints hold a converted model: its support buffers are not weights of the plain one.
+    own_keys = set(model.state_dict())
+    state = {k: v for k, v in state.items() if k in own_keys or k.rpartition(".")[2] not in SITE_BUFFERS}
+    # A file may hold an already adapted model (another class count, grayscale stem): shape ours like it.
+    names = {module: name for name, module in model.named_modules()}
+    head_key = f"{names[_head(model)]}.weight"
+    if head_key in state:
+        adapt_head(model, state[head_key].shape[0])
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    first_key = f"{names[first]}.weight"
+    if first_key in state and state[first_key].shape[1] != first.in_channels:
+        adapt_input_channels(model, state[first_key].shape[1])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), "")
+        raise SupportpruneError(f"weights {weights!r} do not fit {model_name}: {first_line} {detail}"[:400]) from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise SupportpruneError(f"cannot read weights file {path}: {str(error).splitlines()[0][:200]} (corrupt or not a PyTorch file?)") from None
+    if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
+        loaded = loaded["model"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise SupportpruneError(f"{path} holds no state dict (a mapping of parameter names to tensors)")
+    return loaded
+
+
+def _torchvision_state(weights: str, model_name: str) -> dict[str, torch.Tensor]:
+    if ":" in model_name:
+        raise SupportpruneError(f"weights {weights!r}: no such file (a user's model takes a weights file)")
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(model_name)
+        chosen = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+    except (KeyError, ValueError):
+        names = ", ".join(w.name for w in torchvision.models.get_model_weights(model_name))
+        raise SupportpruneError(f"weights {weights!r}: neither a file nor a torchvision weights name for {model_name} ({names})") from None
+    try:
+        return chosen.get_state_dict(progress=True)
+    except Exception as error:  # URLError, HTTPError, socket errors, hash mismatch
+        raise SupportpruneError(
+            f"could not download torchvision weights {model_name}/{chosen.name} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:120]}); offline? download {chosen.url} elsewhere and pass --weights FILE"
+        ) from None

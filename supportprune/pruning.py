@@ -1,0 +1,264 @@
+"""Channel pruning by support, on torch-pruning's dependency graph.
+
+torch-pruning finds, for every channel of every convolution or linear layer, all the weights that
+produce or consume it (batch norms, residual adds, concatenations, flattens). We hand it index lists;
+it does the bookkeeping. Our own part is small: a pruner for ``SupportSite`` (so the graph slices its
+per-channel buffers too), and the decision which channels die, made per coupled group: a channel is
+pruned only if its support is zero at every site of its group (a residual stream's channel is pruned
+only when every block's output support drops it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from supportprune.support import SupportSite, support_sites
+
+PRUNABLE_ROOTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class SupportSitePruner(tp.pruner.function.BasePruningFunc):
+    """Slices a site's per-channel buffers (β, keep, statistics) with the channels around it."""
+
+    TARGET_MODULES = (SupportSite,)
+
+    def prune_out_channels(self, layer: SupportSite, idxs: Sequence[int]) -> SupportSite:
+        remove = set(int(i) for i in idxs)
+        keep_idxs = torch.tensor([i for i in range(layer.channels) if i not in remove], dtype=torch.long)
+        for name, buffer in list(layer.named_buffers(recurse=False)):
+            if buffer.dim() == 1 and buffer.numel() == layer.channels:
+                setattr(layer, name, buffer.index_select(0, keep_idxs.to(buffer.device)))
+        layer.fixed_support = None
+        layer.channels = len(keep_idxs)
+        return layer
+
+    prune_in_channels = prune_out_channels  # element-wise: in and out channels are the same
+
+    def get_out_channels(self, layer: SupportSite) -> int:
+        return layer.channels
+
+    get_in_channels = get_out_channels
+
+
+def dependency_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():  # the graph is traced through autograd
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, customized_pruners={SupportSite: SupportSitePruner()}, verbose=False
+            )
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class SiteMember:
+    """A site's place in a pruning group: its channel ``idxs`` map to the group's ``root_idxs``."""
+
+    name: str
+    site: SupportSite
+    idxs: tuple[int, ...]
+    root_idxs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SiteGroup:
+    """A coupled set of channels, rooted at a convolution or linear layer, with the sites inside it."""
+
+    root: nn.Module
+    pruning_fn: Callable
+    channels: int
+    members: tuple[SiteMember, ...]
+
+    def alive(self, site_alive: dict[str, Tensor]) -> Tensor:
+        """A root channel lives if any site of the group keeps it."""
+        alive = torch.zeros(self.channels, dtype=torch.bool)
+        for member in self.members:
+            alive[list(member.root_idxs)] |= site_alive[member.name][list(member.idxs)].cpu()
+        return alive
+
+
+def site_groups(graph: tp.DependencyGraph) -> Iterator[SiteGroup]:
+    """The pruning groups that contain at least one support site; groups without one (the classifier's
+    output, say) are never pruned: no support speaks for them."""
+    names = {site: name for name, site in support_sites(graph.model)}
+    for group in graph.get_all_groups(root_module_types=PRUNABLE_ROOTS):
+        root_item = group[0]
+        members = []
+        for item in group:
+            module = item.dep.target.module
+            if isinstance(module, SupportSite) and item.root_idxs is not None and None not in item.root_idxs:
+                members.append(SiteMember(names[module], module, tuple(item.idxs), tuple(item.root_idxs)))
+        if members:
+            yield SiteGroup(root_item.dep.target.module, root_item.dep.handler, len(root_item.idxs), tuple(members))
+
+
+def rounded_keep_count(alive: int, channels: int, round_to: int) -> int:
+    """Channels to keep: ``alive`` rounded up to a multiple of ``round_to`` (fast GPU kernels like
+    aligned channel counts), never below one multiple (nor below one channel), never above ``channels``."""
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+    return min(channels, max(round_to, math.ceil(alive / round_to) * round_to, 1))
+
+
+def plan_keep_masks(
+    model: nn.Module,
+    example_input: Tensor,
+    zero_support: dict[str, Tensor],
+    *,
+    round_to: int = 1,
+    scores: dict[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Which channels every site keeps, given which channels have zero support at each site.
+
+    ``zero_support[name]`` is a boolean per channel (True: the support stayed zero). Channels already
+    pruned (keep = 0) stay pruned. Per coupled group, a channel survives if any site keeps it; then the
+    count is rounded up to ``round_to`` by reviving the dead channels with the highest ``scores``.
+    Returns a 0/1 float mask per site (the new ``keep`` buffers), consistent within every group.
+    """
+    graph = dependency_graph(model, example_input)
+    site_alive = {
+        name: (site.keep > 0).cpu() & ~zero_support[name].cpu() for name, site in support_sites(model)
+    }
+    keep = {name: (site.keep > 0).cpu().clone() for name, site in support_sites(model)}
+    for group in site_groups(graph):
+        alive = group.alive(site_alive)
+        previously_alive = group.alive({n: k for n, k in keep.items()})
+        wanted = rounded_keep_count(int(alive.sum()), group.channels, round_to)
+        if wanted > int(alive.sum()):
+            score = torch.full((group.channels,), -math.inf)
+            for member in group.members:
+                member_score = (scores or {}).get(member.name, torch.zeros(member.site.channels)).cpu().float()
+                root = list(member.root_idxs)
+                score[root] = torch.maximum(score[root], member_score[list(member.idxs)])
+            # Prefer channels that are still alive in the network; then the strongest of the rest.
+            score = torch.where(previously_alive, score, score - 1e30)
+            score[alive] = math.inf
+            alive = torch.zeros_like(alive)
+            alive[torch.topk(score, wanted).indices] = True
+        for member in group.members:
+            keep[member.name][list(member.idxs)] = alive[list(member.root_idxs)]
+    return {name: mask.float() for name, mask in keep.items()}
+
+
+@torch.no_grad()
+def apply_keep_masks(model: nn.Module, keep: dict[str, Tensor]) -> None:
+    for name, site in support_sites(model):
+        site.keep.copy_(keep[name].to(site.keep.device))
+
+
+def _dead_channels(model: nn.Module, example_input: Tensor) -> tuple[tp.DependencyGraph, list[tuple[SiteGroup, list[int]]]]:
+    """Per group, the root channels that no site keeps (computed before anything is changed)."""
+    graph = dependency_graph(model, example_input)
+    site_alive = {name: (site.keep > 0).cpu() for name, site in support_sites(model)}
+    dead = []
+    for group in site_groups(graph):
+        idxs = (~group.alive(site_alive)).nonzero().flatten().tolist()
+        if idxs:
+            dead.append((group, idxs))
+    return graph, dead
+
+
+def prune_to_keep_masks(model: nn.Module, example_input: Tensor) -> nn.Module:
+    """A physically smaller copy of ``model`` without the channels its sites no longer keep.
+
+    On the kept channels it computes exactly what the masked model computes.
+    """
+    pruned = copy.deepcopy(model)
+    graph, dead = _dead_channels(pruned, example_input)
+    for group, idxs in dead:
+        graph.get_pruning_group(group.root, group.pruning_fn, idxs).prune()
+    return pruned
+
+
+def zero_pruned_connections(model: nn.Module, example_input: Tensor) -> int:
+    """Re-dense (DSD): bring pruned channels back, in place, with every weight that produces or consumes
+    them set to zero, and reopen their supports (keep = 1). Returns how many channels came back."""
+    graph, dead = _dead_channels(model, example_input)
+    for group, idxs in dead:
+        items = list(graph.get_pruning_group(group.root, group.pruning_fn, idxs))
+        with torch.no_grad():
+            for item in items:
+                _zero_slice(item.dep.target.module, list(item.idxs), graph.is_out_channel_pruning_fn(item.dep.handler))
+    return sum(len(idxs) for _, idxs in dead)
+
+
+def _zero_slice(module: nn.Module, idxs: list[int], out_channels: bool) -> None:
+    if isinstance(module, SupportSite):
+        module.keep[idxs] = 1.0
+        module.beta[idxs] = 0.0
+    elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels
+        if out_channels or depthwise:
+            module.weight[idxs] = 0.0
+            if module.bias is not None:
+                module.bias[idxs] = 0.0
+        elif isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+            raise ValueError(f"re-dense of grouped convolution {module} is not supported")
+        else:
+            module.weight[:, idxs] = 0.0
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if module.affine:
+            module.weight[idxs] = 0.0
+            module.bias[idxs] = 0.0
+        if module.track_running_stats:
+            module.running_mean[idxs] = 0.0
+            module.running_var[idxs] = 1.0
+    elif any(True for _ in module.parameters(recurse=False)):
+        raise ValueError(f"re-dense does not know how to zero channels of {type(module).__name__}")
+
+
+def count_macs_params(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
+    """(MACs for one example, parameters), counted by torch-pruning: the one place MACs are counted."""
+    macs, params = tp.utils.count_ops_and_params(model, example_input[:1])
+    return int(macs), int(params)
+
+
+def search_relative_threshold(
+    model: nn.Module,
+    example_input: Tensor,
+    max_relative_energy: dict[str, Tensor],
+    target_macs: int,
+    *,
+    round_to: int = 1,
+) -> tuple[float, dict[str, Tensor], int]:
+    """The smallest relative threshold whose zero-support channels bring MACs to ``target_macs`` or below.
+
+    A channel's support stayed zero at threshold τ exactly when its largest relative energy seen was
+    ≤ τ (Eq. 41 per batch), so every candidate τ can be tried from the recorded statistics without
+    retraining. Bisection over the recorded values; returns (τ, keep masks, MACs).
+    """
+    candidates = torch.unique(torch.cat([v.flatten().float().cpu() for v in max_relative_energy.values()]))
+    candidates = torch.cat([torch.zeros(1), candidates])
+
+    def evaluate(threshold: float) -> tuple[dict[str, Tensor], int]:
+        zero = {name: values.cpu() <= threshold for name, values in max_relative_energy.items()}
+        keep = plan_keep_masks(model, example_input, zero, round_to=round_to, scores=max_relative_energy)
+        trial = copy.deepcopy(model)
+        apply_keep_masks(trial, keep)
+        macs, _ = count_macs_params(prune_to_keep_masks(trial, example_input), example_input)
+        return keep, macs
+
+    low, high = 0, len(candidates) - 1
+    best = None
+    while low <= high:
+        middle = (low + high) // 2
+        keep, macs = evaluate(float(candidates[middle]))
+        if macs <= target_macs:
+            best = (float(candidates[middle]), keep, macs)
+            high = middle - 1
+        else:
+            low = middle + 1
+    if best is None:  # even pruning every candidate leaves more than the target: take the strongest cut
+        threshold = float(candidates[-1])
+        keep, macs = evaluate(threshold)
+        best = (threshold, keep, macs)
+    return best

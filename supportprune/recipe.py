@@ -1,0 +1,288 @@
+"""Recipes: YAML files validated into frozen dataclasses.
+
+Every problem names the file and the key (``recipes/x.yaml: sparse.lr: expected a number, got 'fast'``).
+Cross-field checks live in ``__post_init__``. A run writes its resolved recipe next to its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from supportprune.errors import SupportpruneError
+
+RECIPE_VERSION = 1
+SCHEDULES = ("cosine", "step", "constant")
+
+
+class RecipeError(SupportpruneError):
+    """A recipe file or override that does not validate."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "embedded"  # embedded | fashion-mnist:DIR | cifar10:DIR | imagenet:DIR | folder:DIR
+    input_size: int = 32
+    channels: Optional[int] = None  # None: the dataset's own
+    mean: tuple[float, ...] = (0.2860,)
+    std: tuple[float, ...] = (0.3530,)
+    augment: bool = False
+    batch_size: int = 128
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "input_size", "batch_size")
+        if self.workers < 0:
+            raise ValueError("workers: must be >= 0")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std: need the same length, got {len(self.mean)} and {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std: every value must be > 0")
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One DSD phase's optimisation (SGD with momentum)."""
+
+    epochs: int = 1
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    step_epochs: int = 30  # schedule 'step': lr × 0.1 every step_epochs
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError("epochs: must be >= 0")
+        if self.lr <= 0:
+            raise ValueError("lr: must be > 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _positive(self, "step_epochs")
+
+
+@dataclass(frozen=True)
+class SparseConfig(PhaseConfig):
+    """The Sparse phase: B-alternation training, pruning channels whose support stayed zero."""
+
+    granularity: Literal["element", "channel"] = "channel"
+    relative_threshold: float = 0.1  # β of Eq. 41, as a multiple of the site's mean unit energy
+    target_macs: Optional[float] = None  # fraction of the baseline MACs to keep; searches the threshold
+    round_to: int = 1  # kept channel counts are multiples of this (GPU-friendly shapes)
+    prune_at: tuple[int, ...] = ()  # epochs (1-based) after which zero-support channels are pruned; () = last
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.granularity not in ("element", "channel"):
+            raise ValueError(f"granularity: must be 'element' or 'channel', got {self.granularity!r}")
+        if self.relative_threshold < 0:
+            raise ValueError("relative_threshold: must be >= 0")
+        if self.target_macs is not None and not 0 < self.target_macs <= 1:
+            raise ValueError(f"target_macs: a fraction in (0, 1], got {self.target_macs}")
+        _positive(self, "round_to")
+        bad = [e for e in self.prune_at if not 1 <= e <= self.epochs]
+        if bad:
+            raise ValueError(f"prune_at: epochs must lie in 1..{self.epochs} (sparse.epochs), got {bad}")
+        if self.epochs == 0:
+            raise ValueError("epochs: the sparse phase needs at least one epoch to observe supports")
+
+    @property
+    def alternation_epochs(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.prune_at))) if self.prune_at else (self.epochs,)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    tolerance: float = 1e-3
+    check_batch: int = 16
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batch_sizes: tuple[int, ...] = (1, 64)
+    gpu_batch_sizes: tuple[int, ...] = (1, 256)
+    runs: int = 30
+    warmup: int = 5
+
+    def __post_init__(self) -> None:
+        _positive(self, "runs")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes + self.gpu_batch_sizes):
+            raise ValueError("batch_sizes: need positive batch sizes")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    version: int = RECIPE_VERSION
+    description: str = ""
+    weights: Optional[str] = None  # torchvision weights name or a file; None: random initialisation
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    dense: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=0.1))
+    sparse: SparseConfig = field(default_factory=SparseConfig)
+    redense: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=0.001))
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def __post_init__(self) -> None:
+        if self.version != RECIPE_VERSION:
+            raise ValueError(f"version: this supportprune reads recipe version {RECIPE_VERSION}, got {self.version}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise ValueError(f"{name}: must be >= 1, got {getattr(obj, name)}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def recipe_from_dict(raw: Any, origin: str = "<recipe>") -> Recipe:
+    """Validate a parsed mapping into a ``Recipe``; errors name ``origin`` and the key."""
+    return _build(Recipe, raw, origin, "")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found; `supportprune recipes` lists the shipped ones")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise RecipeError(f"{path}: not valid YAML{line}: {getattr(error, 'problem', None) or error}") from None
+    return recipe_from_dict(raw if raw is not None else {}, str(path))
+
+
+def with_overrides(recipe: Recipe, overrides: dict[str, Any], origin: str = "command line") -> Recipe:
+    """A copy of ``recipe`` with dotted keys replaced (``{'sparse.lr': 0.01}``), validated again."""
+    raw = recipe.to_dict()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return recipe_from_dict(raw, origin)
+
+
+def _build(cls: type, raw: Any, origin: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{origin}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise RecipeError(
+                f"{origin}: {prefix}{key}: unknown key; known keys here: {', '.join(sorted(known))}"
+            )
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(hints[name], value, origin, f"{prefix}{name}")
+    try:
+        return cls(**values)
+    except ValueError as error:
+        message = str(error)
+        key = message.split(":", 1)[0]
+        raise RecipeError(f"{origin}: {prefix}{message}" if key in known else f"{origin}: {prefix.rstrip('.')}: {message}") from None
+
+
+def _coerce(hint: Any, value: Any, origin: str, key: str) -> Any:
+    origin_type = typing.get_origin(hint)
+    args = typing.get_args(hint)
+
+    def fail(expected: str) -> RecipeError:
+        return RecipeError(f"{origin}: {key}: expected {expected}, got {value!r}")
+
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, origin, f"{key}.")
+    if origin_type in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, origin, key)
+    if origin_type is Literal:
+        if value not in args:
+            raise fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin_type is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise fail("a list")
+        return tuple(_coerce(args[0], item, origin, f"{key}[{i}]") for i, item in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    raise TypeError(f"unsupported recipe field type {hint} for {key}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shipped recipes
+
+
+def recipes_dir() -> Path:
+    """Shipped recipes: ``supportprune/recipes`` in an installed wheel, ``recipes/`` in a source checkout."""
+    packaged = Path(__file__).parent / "recipes"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    directory = recipes_dir()
+    return {path.stem: path for path in sorted(directory.glob("*.yaml"))} if directory.is_dir() else {}
+
+
+def resolve_recipe(recipe: str | None, model: str, data_source: str | None) -> Path:
+    """The recipe file to use: an explicit path or shipped name; otherwise ``embedded`` for the
+    embedded data and the model's own recipe (``recipes/<model>.yaml``) for any other data."""
+    shipped = shipped_recipes()
+    if recipe is not None:
+        if recipe in shipped:
+            return shipped[recipe]
+        return Path(recipe)
+    if data_source in (None, "embedded"):
+        return shipped["embedded"]
+    if model in shipped:
+        return shipped[model]
+    raise RecipeError(
+        f"no shipped recipe for {model!r} on {data_source}; pass --recipe FILE (start from `supportprune recipes show resnet18`)"
+    )

@@ -1,0 +1,145 @@
+"""The run's readable report: a table of the three models and two plots."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+from supportprune.atomic import atomic_write_bytes, atomic_write_text
+
+
+def _fmt_int(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def summary_table(summaries: Sequence[Any], bench: Sequence[Any]) -> str:
+    """Markdown: parameters, MACs, top-1, ORT latency at the smallest batch and throughput at the largest."""
+    by_model: dict[str, list[Any]] = {}
+    for result in bench:
+        by_model.setdefault(result.model, []).append(result)
+    small = min((r.batch_size for r in bench), default=1)
+    large = max((r.batch_size for r in bench), default=1)
+    base = next((s for s in summaries if s.kind == "baseline"), summaries[0])
+    lines = [
+        f"| model | parameters | MACs | MACs vs baseline | top-1 (%) | latency, batch {small} (ms, median / p90) | throughput, batch {large} (images/s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for summary in summaries:
+        results = by_model.get(summary.kind, [])
+        latency = next((r for r in results if r.batch_size == small), None)
+        throughput = next((r for r in results if r.batch_size == large), None)
+        lines.append(
+            f"| {summary.kind} | {_fmt_int(summary.params)} | {summary.macs / 1e6:,.1f} M | {summary.macs / base.macs:.3f} | "
+            f"{summary.top1:.2f} | "
+            + (f"{latency.median_ms:.3f} / {latency.p90_ms:.3f}" if latency else "–")
+            + " | "
+            + (_fmt_int(throughput.throughput) if throughput else "–")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(layout, model_name, recipe, data_description, summaries, bench, state, seconds) -> None:
+    plots = []
+    try:
+        plots.append(("Training curves", _training_plot(layout, state)))
+        plots.append(("Channels kept per support site", _channels_plot(layout, state)))
+    except ImportError:  # matplotlib is a dependency, but a report without plots beats no report
+        plots = []
+    provider = bench[0].provider if bench else "none"
+    revived = state.revived_channels if state.revived_channels is not None else 0
+    alternations = "\n".join(
+        f"| {a['epoch']} | {a['relative_threshold']:.4g} | {a['channels_kept']} / {a['channels_total']} | {a['macs'] / 1e6:,.1f} M | {a['observed_batches']} |"
+        for a in state.alternations
+    )
+    text = f"""# supportprune report: {model_name}
+
+Dense–Sparse–Dense with B-alternation supports (Huang, Kong, Lucey 2017, section 4.2), on {data_description}.
+Wall time {seconds:.0f} s. Recipe: `recipe.yaml`; per-epoch metrics: `metrics.jsonl`; benchmark: `benchmark.json`.
+
+{summary_table(summaries, bench)}
+
+ONNX Runtime provider: {provider}. Top-1 is on the validation split. "sparse" is the physically pruned
+model (torch-pruning); "dense" is the final DSD model, with the original shape. The largest difference
+between each ONNX model and PyTorch on real inputs is in `export.json`
+({', '.join(f"{s.kind} {s.max_abs_diff:.1e}" for s in summaries)}).
+
+## Alternation points (Sparse phase)
+
+Channels whose batch support (Eq. 41, granularity `{recipe.sparse.granularity}`) stayed zero over the
+batches observed since the previous point are pruned.
+
+| after sparse epoch | relative threshold | channels kept | MACs | batches observed |
+|---:|---:|---:|---:|---:|
+{alternations}
+
+Re-dense brought {revived} pruned channels back with their weights at zero. Whole channels that return at
+zero receive no gradient (their producing and consuming weights are both zero, a saddle), so the dense
+model's extra capacity is only in the connections that were never pruned; compare its top-1 with the
+sparse model's to see what re-dense training itself gave.
+
+"""
+    for title, name in plots:
+        text += f"## {title}\n\n![{title}](plots/{name})\n\n"
+    atomic_write_text(layout.report, text)
+
+
+def _save_figure(figure, path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _training_plot(layout, state) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = state.metrics
+    x = list(range(1, len(metrics) + 1))
+    figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_axis.plot(x, [m["train_loss"] for m in metrics], marker="o", label="train loss")
+    loss_axis.plot(x, [m["val_loss"] for m in metrics], marker="o", label="val loss")
+    top1_axis.plot(x, [m["train_top1"] for m in metrics], marker="o", label="train top-1")
+    top1_axis.plot(x, [m["val_top1"] for m in metrics], marker="o", label="val top-1")
+    for axis, ylabel in ((loss_axis, "cross-entropy"), (top1_axis, "top-1 (%)")):
+        previous = None
+        for index, record in enumerate(metrics, start=1):
+            if previous is not None and record["phase"] != previous:
+                axis.axvline(index - 0.5, color="grey", linestyle="--")
+            previous = record["phase"]
+        for index, record in enumerate(metrics, start=1):
+            if record["phase"] == "sparse" and any(a["epoch"] == record["epoch"] for a in state.alternations):
+                axis.axvline(index, color="tab:red", alpha=0.3)
+        axis.set_xlabel("epoch (dense | sparse | re-dense; red: alternation points)")
+        axis.set_ylabel(ylabel)
+        axis.legend()
+    figure.tight_layout()
+    _save_figure(figure, layout.plots / "training.png")
+    plt.close(figure)
+    return "training.png"
+
+
+def _channels_plot(layout, state) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sparse_records = [m for m in state.metrics if m["phase"] == "sparse"]
+    first = state.channels_total
+    last = sparse_records[-1]["channels_kept"] if sparse_records else first
+    names = list(last)
+    figure, axis = plt.subplots(figsize=(max(6, 0.28 * len(names)), 4))
+    positions = range(len(names))
+    axis.bar(positions, [first.get(n, 0) for n in names], color="lightgrey", label="before Sparse")
+    axis.bar(positions, [last[n] for n in names], color="tab:blue", label="kept after Sparse")
+    axis.set_xticks(list(positions))
+    axis.set_xticklabels(names, rotation=90, fontsize=7)
+    axis.set_ylabel("channels")
+    axis.legend()
+    figure.tight_layout()
+    _save_figure(figure, layout.plots / "channels.png")
+    plt.close(figure)
+    return "channels.png"

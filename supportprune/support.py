@@ -1,0 +1,359 @@
+"""Supports as parameters of their own: positive hard-thresholding, binary supports and B-alternation masks.
+
+Huang, Kong, Lucey (2017), sections 3.1 and 4.2. Everything here is a pure function of tensors or an
+``nn.Module``; nothing reads or writes files.
+
+The unit of a support at a site is either one activation (``element``, the paper's unit *i*) or one
+channel (``channel``: the energy of a channel is summed over its spatial positions too). The channel
+dimension is always dim 1, so the same code serves convolutional (N, C, H, W) and linear (N, C) sites.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Literal
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Granularity = Literal["element", "channel"]
+SiteMode = Literal["threshold", "batch", "fixed"]
+GRANULARITIES: tuple[str, ...] = ("element", "channel")
+
+
+def _per_channel(values: Tensor, like: Tensor) -> Tensor:
+    """Reshape a (C,) tensor so it broadcasts along dim 1 of ``like``."""
+    return values.view((1, -1) + (1,) * (like.dim() - 2))
+
+
+def positive_hard_threshold(q: Tensor, beta: Tensor | float = 0.0) -> Tensor:
+    """η*(q; β) = q if q > β else 0 (Eq. 9); β is a scalar or one threshold per channel.
+
+    β = 0 is exactly ReLU, so pretrained weights keep their function.
+    """
+    if isinstance(beta, Tensor) and beta.dim() == 1:
+        beta = _per_channel(beta.to(q.dtype), q)
+    return torch.where(q > beta, q, torch.zeros((), dtype=q.dtype, device=q.device))
+
+
+def support(q: Tensor, beta: Tensor | float = 0.0) -> Tensor:
+    """The binary support m = [q > β] (Eq. 12), as a boolean tensor shaped like ``q``."""
+    if isinstance(beta, Tensor) and beta.dim() == 1:
+        beta = _per_channel(beta.to(q.dtype), q)
+    return q > beta
+
+
+def batch_unit_energy(x: Tensor, granularity: Granularity) -> Tensor:
+    """Σ_n x_i² over the mini-batch for every unit i (the left side of Eq. 41).
+
+    ``element``: one energy per activation, shape x.shape[1:]. ``channel``: one per channel, shape (C,).
+    """
+    energy = x.float().square().sum(dim=0)
+    if granularity == "channel" and energy.dim() > 1:
+        energy = energy.flatten(1).sum(dim=1)
+    return energy
+
+
+def relative_energy(energy: Tensor, keep: Tensor | None = None) -> Tensor:
+    """Each unit's energy divided by the site's mean unit energy, so one threshold serves every layer.
+
+    Units of pruned channels (``keep`` = 0) are left out of the mean: they are no longer part of the site.
+    """
+    if keep is None:
+        mean = energy.mean()
+    else:
+        live = _per_channel(keep, energy.unsqueeze(0)).squeeze(0).expand_as(energy)
+        mean = (energy * live).sum() / live.sum().clamp(min=1)
+    return energy / mean.clamp(min=torch.finfo(energy.dtype).tiny)
+
+
+def batch_support_mask(
+    x: Tensor, relative_threshold: float, granularity: Granularity, keep: Tensor | None = None
+) -> Tensor:
+    """The B-alternation mask (Eq. 39–41): m_i = 1 iff Σ_n x_i² > β, one mask shared by the batch.
+
+    The paper's β is expressed here as ``relative_threshold`` times the site's mean unit energy.
+    Returns a boolean mask that broadcasts against ``x``: shape x.shape[1:] (element) or (C, 1, ...)
+    (channel).
+    """
+    energy = batch_unit_energy(x, granularity)
+    mask = relative_energy(energy, keep) > relative_threshold
+    if granularity == "channel":
+        mask = mask.view((-1,) + (1,) * (x.dim() - 2))
+    return mask
+
+
+def channel_max(values: Tensor) -> Tensor:
+    """The largest value of each channel of a per-unit tensor (C,) or (C, H, W) → (C,)."""
+    return values if values.dim() == 1 else values.flatten(1).amax(dim=1)
+
+
+class SupportSite(nn.Module):
+    """One ReLU call site, turned into η* with a per-channel threshold β and a support of its own.
+
+    Modes (set by the algorithm, never by the training loop):
+    - ``threshold``: η*(q; β) on every example, the usual train and test behaviour (Eq. 9).
+    - ``batch``: in training, η* followed by the B-alternation mask of the mini-batch (Eq. 41); the
+      mask is recomputed on the fly from the batch. In eval mode it behaves like ``threshold``.
+    - ``fixed``: the output is ``fixed_support * q``; with every site fixed the network is linear in
+      its input (Eq. 13).
+
+    ``keep`` (a 0/1 buffer per channel) removes pruned channels in every mode, so a masked full model
+    computes what the physically pruned model computes.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("beta", torch.zeros(channels))
+        self.register_buffer("keep", torch.ones(channels))
+        self.register_buffer("relative_threshold", torch.zeros(()))
+        # Support statistics over the Sparse phase (reset at each alternation point).
+        self.register_buffer("stat_batches", torch.zeros((), dtype=torch.long))
+        self.register_buffer("stat_support_batches", torch.zeros(channels))
+        self.register_buffer("stat_energy", torch.zeros(channels, dtype=torch.float64))
+        self.register_buffer("stat_max_relative_energy", torch.zeros(channels))
+        self.register_buffer("stat_kept_units", torch.zeros((), dtype=torch.float64))
+        self.mode: SiteMode = "threshold"
+        self.granularity: Granularity = "channel"
+        self.record_stats = False
+        self.fixed_support: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, mode={self.mode}, granularity={self.granularity}"
+
+    def forward(self, q: Tensor) -> Tensor:
+        keep = _per_channel(self.keep.to(q.dtype), q)
+        if self.mode == "fixed":
+            if self.fixed_support is None:
+                raise RuntimeError("SupportSite in fixed mode needs fixed_support; see fix_supports()")
+            return q * self.fixed_support.to(q.dtype) * keep
+        activation = positive_hard_threshold(q, self.beta) * keep
+        if self.mode != "batch" or not self.training:
+            return activation
+        with torch.no_grad():
+            energy = batch_unit_energy(activation, self.granularity)
+            relative = relative_energy(energy, self.keep)
+            mask = relative > self.relative_threshold  # Eq. 41
+            if self.record_stats:
+                self._record(energy, relative, mask)
+            if self.granularity == "channel":
+                mask = mask.view((-1,) + (1,) * (q.dim() - 2))
+        return activation * mask.to(q.dtype)
+
+    @torch.no_grad()
+    def _record(self, energy: Tensor, relative: Tensor, mask: Tensor) -> None:
+        self.stat_batches += 1
+        self.stat_support_batches += channel_max(mask.float())
+        channel_energy = energy if energy.dim() == 1 else energy.flatten(1).sum(dim=1)
+        self.stat_energy += channel_energy.double()
+        self.stat_max_relative_energy.copy_(torch.maximum(self.stat_max_relative_energy, channel_max(relative)))
+        self.stat_kept_units += mask.float().mean().double()
+
+    @torch.no_grad()
+    def reset_stats(self) -> None:
+        for name in ("stat_batches", "stat_support_batches", "stat_energy", "stat_max_relative_energy", "stat_kept_units"):
+            getattr(self, name).zero_()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Conversion: every ReLU call site of a model becomes its own SupportSite.
+
+_RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
+_RELU_METHODS = {"relu", "relu_"}
+
+
+def _is_relu_call(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in _RELU_METHODS
+    return False
+
+
+def _site_name(node: fx.Node, taken: set[str]) -> str:
+    """A readable, unique module path for a call site: the ReLU module's path, or the path of the
+    module whose forward called F.relu (GoogLeNet's BasicConv2d), suffixed when called repeatedly."""
+    if node.op == "call_module":
+        base = str(node.target)
+    else:
+        stack = list(node.meta.get("nn_module_stack", {}).keys())
+        owner = stack[-1].split("@")[0] if stack else ""
+        base = f"{owner}.relu" if owner else "relu"
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def convert_relus(model: nn.Module, example_input: Tensor) -> fx.GraphModule:
+    """Trace ``model`` with torch.fx and give every ReLU call site its own ``SupportSite``.
+
+    A module called twice (torchvision's BasicBlock calls ``self.relu`` twice) becomes two sites, and
+    functional calls (``F.relu`` inside GoogLeNet's BasicConv2d) become sites too. Channel counts are
+    read from one forward pass of ``example_input``. The returned module computes exactly what
+    ``model`` computes (β = 0 is ReLU); state-dict keys of all other layers are unchanged.
+    """
+    try:
+        graph_module = fx.symbolic_trace(model)
+    except Exception as error:  # fx raises many types; the cause is what the user needs
+        raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx: {str(error).splitlines()[0]}") from error
+    modules = dict(graph_module.named_modules())
+    relu_nodes = [node for node in graph_module.graph.nodes if _is_relu_call(node, modules)]
+    if not relu_nodes:
+        raise TraceError(f"{type(model).__name__} has no ReLU call site to turn into a support")
+
+    channels = _channels_at(graph_module, relu_nodes, example_input)
+    reused_targets = {node.target for node in relu_nodes if node.op == "call_module"}
+    taken = {name for name in modules if name not in reused_targets}
+    for node in relu_nodes:
+        name = _site_name(node, taken)
+        _set_submodule(graph_module, name, SupportSite(channels[node]))
+        with graph_module.graph.inserting_after(node):
+            site_call = graph_module.graph.call_module(name, args=(node.args[0],))
+        node.replace_all_uses_with(site_call)
+        graph_module.graph.erase_node(node)
+    for target in reused_targets:
+        if target not in {n.target for n in graph_module.graph.nodes if n.op == "call_module"}:
+            _delete_submodule(graph_module, str(target))
+    graph_module.graph.lint()
+    graph_module.recompile()
+    return graph_module
+
+
+class TraceError(ValueError):
+    """The model cannot be converted (not traceable, or no ReLU)."""
+
+
+def _channels_at(graph_module: fx.GraphModule, nodes: list[fx.Node], example_input: Tensor) -> dict[fx.Node, int]:
+    """Run the traced graph once and read the channel count (dim 1) of each ReLU's input."""
+    wanted = set(nodes)
+    channels: dict[fx.Node, int] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, node: fx.Node):
+            result = super().run_node(node)
+            if node in wanted:
+                if not isinstance(result, Tensor) or result.dim() < 2:
+                    raise TraceError(f"ReLU call site {node.name} has no channel dimension")
+                channels[node] = int(result.shape[1])
+            return result
+
+    was_training = graph_module.training
+    graph_module.eval()
+    with torch.no_grad():
+        _Recorder(graph_module).run(example_input)
+    graph_module.train(was_training)
+    return channels
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, leaf, module)
+
+
+def _delete_submodule(root: nn.Module, path: str) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    delattr(parent, leaf)
+
+
+def support_sites(model: nn.Module) -> Iterator[tuple[str, SupportSite]]:
+    """Every support site of a converted model, in module order, with its path."""
+    for name, module in model.named_modules():
+        if isinstance(module, SupportSite):
+            yield name, module
+
+
+def set_site_mode(
+    model: nn.Module,
+    mode: SiteMode,
+    *,
+    granularity: Granularity | None = None,
+    relative_threshold: float | None = None,
+    record_stats: bool | None = None,
+) -> None:
+    """Set every site's mode (and, where given, granularity, threshold and statistics recording)."""
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    for _, site in support_sites(model):
+        site.mode = mode
+        if granularity is not None:
+            site.granularity = granularity
+        if relative_threshold is not None:
+            site.relative_threshold.fill_(relative_threshold)
+        if record_stats is not None:
+            site.record_stats = record_stats
+
+
+@torch.no_grad()
+def capture_supports(model: nn.Module, inputs: Tensor) -> dict[str, Tensor]:
+    """Each site's support m = [q > β] (Eq. 12) for ``inputs``, one mask per example, in eval mode."""
+    supports: dict[str, Tensor] = {}
+    hooks = []
+    for name, site in support_sites(model):
+        def hook(module: SupportSite, args, output, name=name):
+            supports[name] = support(args[0], module.beta) & (_per_channel(module.keep, args[0]) > 0)
+        hooks.append(site.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(inputs)
+    finally:
+        for handle in hooks:
+            handle.remove()
+        model.train(was_training)
+    return supports
+
+
+def fix_supports(model: nn.Module, supports: dict[str, Tensor]) -> None:
+    """Put every site in ``fixed`` mode with the given supports (Eq. 13: the network becomes linear)."""
+    for name, site in support_sites(model):
+        site.fixed_support = supports[name]
+        site.mode = "fixed"
+
+
+def release_supports(model: nn.Module) -> None:
+    """Leave ``fixed`` mode: back to η* thresholding."""
+    for _, site in support_sites(model):
+        site.fixed_support = None
+        site.mode = "threshold"
+
+
+def reset_support_stats(model: nn.Module) -> None:
+    for _, site in support_sites(model):
+        site.reset_stats()
+
+
+def kept_unit_fractions(model: nn.Module) -> dict[str, float]:
+    """Per site, the mean fraction of units whose batch support was 1 since the statistics were reset."""
+    return {
+        name: float(site.stat_kept_units / site.stat_batches) if site.stat_batches > 0 else 1.0
+        for name, site in support_sites(model)
+    }
+
+
+def kept_channel_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Per site, (channels kept, channels in all)."""
+    return {name: (int(site.keep.sum()), site.channels) for name, site in support_sites(model)}
+
+
+def export_ready(model: nn.Module) -> nn.Module:
+    """A copy for export where sites that are exactly ReLU (β = 0, nothing pruned) become ``nn.ReLU``,
+    so runtimes can fuse them into the preceding convolution."""
+    import copy
+
+    ready = copy.deepcopy(model).eval()
+    for name, site in list(support_sites(ready)):
+        if site.mode == "fixed":
+            raise ValueError("export_ready expects sites in threshold or batch mode, not fixed")
+        if bool((site.beta == 0).all()) and bool((site.keep == 1).all()):
+            _set_submodule(ready, name, nn.ReLU())
+    if isinstance(ready, fx.GraphModule):
+        ready.recompile()
+    return ready

@@ -1,0 +1,96 @@
+"""ONNX Runtime benchmark on the CPU: results, reports, provider choice and bad files. Never asserts timings."""
+
+import json
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import supportprune.bench as bench
+from supportprune.bench import BenchResult, benchmark_onnx, results_markdown, select_providers, write_benchmark
+from supportprune.errors import SupportpruneError
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """conv → relu → global pool → flatten, input (batch, 1, 8, 8), built directly so the bench tests
+    do not depend on the exporter."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 1, 3, 3], [0.1] * 36)
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("bench") / "tiny.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_cpu_benchmark_gives_one_result_per_batch_size(tiny_onnx):
+    results = benchmark_onnx(tiny_onnx, batch_sizes=(1, 3), runs=5, warmup=1, device="cpu", threads=1)
+    assert [r.batch_size for r in results] == [1, 3]
+    for r in results:
+        assert r.model == "tiny" and r.path == str(tiny_onnx)
+        assert r.provider == "CPUExecutionProvider" and r.runs == 5
+        assert r.median_ms > 0 and r.p90_ms > 0 and r.throughput > 0
+
+
+def test_auto_device_benchmarks_on_cpu_without_gpu(tiny_onnx, monkeypatch):
+    monkeypatch.setattr(bench, "gpu_available", lambda: False)
+    (result,) = benchmark_onnx(tiny_onnx, name="named", batch_sizes=(2,), runs=2, warmup=0)
+    assert result.model == "named" and result.provider == "CPUExecutionProvider"
+
+
+def test_write_benchmark_json_and_markdown(tiny_onnx, tmp_path):
+    results = benchmark_onnx(tiny_onnx, batch_sizes=(1, 2), runs=3, warmup=1, device="cpu")
+    json_path, md_path = tmp_path / "r" / "bench.json", tmp_path / "r" / "bench.md"
+
+    write_benchmark(results, json_path, md_path)
+
+    payload = json.loads(json_path.read_text())
+    assert {"date", "onnxruntime", "providers", "host", "cuda_device", "results"} <= payload.keys()
+    assert payload["host"]["cpu_count"] >= 1 and payload["host"]["platform"]
+    assert [BenchResult(**r) for r in payload["results"]] == results
+    markdown = md_path.read_text()
+    assert markdown.count("| tiny | CPU |") == 2
+    assert sorted(p.name for p in json_path.parent.iterdir()) == ["bench.json", "bench.md"]  # no temp files
+
+
+def test_results_markdown_table():
+    result = BenchResult("resnet18", "r.onnx", "CUDAExecutionProvider", 64, 50, 2.5, 3.0, 25600.0)
+    lines = results_markdown([result]).splitlines()
+    assert lines[0] == "| model | provider | batch | median ms | p90 ms | images/s |"
+    assert lines[2] == "| resnet18 | CUDA | 64 | 2.500 | 3.000 | 25,600.0 |"
+
+
+def test_select_providers(monkeypatch):
+    assert select_providers("cpu") == ["CPUExecutionProvider"]
+    if not torch.cuda.is_available():
+        assert select_providers("auto") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(bench, "gpu_available", lambda: False)
+    assert select_providers("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(SupportpruneError, match="cuda"):
+        select_providers("cuda")
+    with pytest.raises(SupportpruneError, match="unknown device 'tpu'"):
+        select_providers("tpu")
+
+
+def test_corrupt_or_missing_model_names_the_file(tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x00 this is not a protobuf \xff" * 10)
+    with pytest.raises(SupportpruneError, match="corrupt.onnx cannot be loaded"):
+        benchmark_onnx(corrupt, device="cpu", runs=1)
+    with pytest.raises(SupportpruneError, match="missing.onnx does not exist"):
+        benchmark_onnx(tmp_path / "missing.onnx", device="cpu", runs=1)

@@ -1,0 +1,223 @@
+"""The CLI end to end on a tiny model and the embedded data, and every bad input as a one-line error."""
+
+import json
+
+import onnx
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from supportprune.checkpoint import read_checkpoint
+from supportprune.cli import app
+from supportprune.recipe import load_recipe, shipped_recipes
+
+runner = CliRunner()
+
+TINY_RECIPE = {
+    "version": 1,
+    "description": "test: tiny",
+    "seed": 3,
+    "data": {"source": "embedded", "input_size": 12, "batch_size": 32},
+    "dense": {"epochs": 1, "lr": 0.05},
+    "sparse": {"epochs": 2, "lr": 0.01, "relative_threshold": 0.3, "prune_at": [1, 2]},
+    "redense": {"epochs": 1, "lr": 0.005},
+    "export": {"check_batch": 8},
+    "bench": {"batch_sizes": [1, 4], "runs": 2, "warmup": 1},
+}
+
+EXPECTED_FILES = {
+    "recipe.yaml", "run.json", "metrics.jsonl", "report.md", "export.json", "benchmark.json", "benchmark.md",
+    "baseline.onnx", "sparse.onnx", "dense.onnx",
+    "checkpoints/last.pt", "checkpoints/last.pt.previous",
+    "models/baseline.pt", "models/sparse.pt", "models/dense.pt",
+    "plots/training.png", "plots/channels.png",
+}
+
+
+def _recipe_file(tmp_path, **changes):
+    recipe = json.loads(json.dumps(TINY_RECIPE))
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        recipe[section][key] = value
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _compress(tmp_path, out, *extra, model="tiny_models:tiny_resnet", recipe=None):
+    recipe = recipe or _recipe_file(tmp_path)
+    return runner.invoke(app, ["compress", model, "--recipe", str(recipe), "--out", str(out), "--max-steps", "4", *extra])
+
+
+def _files(root):
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("run")
+    out = tmp_path / "out"
+    result = _compress(tmp_path, out)
+    assert result.exit_code == 0, result.output
+    return tmp_path, out, result
+
+
+def test_compress_end_to_end_writes_exactly_the_run_files(finished_run):
+    _, out, result = finished_run
+    assert _files(out) == EXPECTED_FILES
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["phase"], m["epoch"]) for m in metrics] == [("dense", 1), ("sparse", 1), ("sparse", 2), ("redense", 1)]
+    assert all({"train_loss", "train_top1", "val_top1", "lr", "channels_kept", "seconds"} <= set(m) for m in metrics)
+    assert set(metrics[1]["supports_kept"]) == set(metrics[1]["channels_kept"])
+    assert "ONNX Runtime provider: CPUExecutionProvider" in result.output
+
+
+def test_compress_outputs_are_consistent(finished_run):
+    _, out, _ = finished_run
+    exported = json.loads((out / "export.json").read_text())
+    models = {m["kind"]: m for m in exported["models"]}
+    assert models["baseline"]["macs"] == models["dense"]["macs"] and models["sparse"]["macs"] <= models["dense"]["macs"]
+    for kind in ("baseline", "sparse", "dense"):
+        onnx.checker.check_model(onnx.load(str(out / f"{kind}.onnx")))
+        assert exported["exports"][kind]["max_abs_diff"] <= 1e-3
+    # The sparse ONNX model is physically smaller exactly when channels were pruned.
+    sparse_state = read_checkpoint(out / "models" / "sparse.pt")["model"]
+    pruned = sum(int((v == 0).sum()) for k, v in sparse_state.items() if k.endswith(".keep"))
+    assert (models["sparse"]["params"] < models["baseline"]["params"]) == (pruned > 0)
+    bench = json.loads((out / "benchmark.json").read_text())
+    assert {(r["model"], r["batch_size"]) for r in bench["results"]} == {
+        (k, b) for k in ("baseline", "sparse", "dense") for b in (1, 4)
+    }
+    report = (out / "report.md").read_text()
+    assert "| model | parameters | MACs" in report and "| sparse |" in report and "plots/training.png" in report
+    assert load_recipe(out / "recipe.yaml").sparse.prune_at == (1, 2)
+
+
+def test_rerun_resumes_and_a_changed_recipe_is_refused(finished_run):
+    tmp_path, out, _ = finished_run
+    before = (out / "metrics.jsonl").read_text()
+    again = _compress(tmp_path, out)
+    assert again.exit_code == 0, again.output
+    assert "resuming" in again.output and "export (training finished)" in again.output
+    assert (out / "metrics.jsonl").read_text() == before
+    other = _recipe_file(tmp_path, **{"sparse.lr": 0.02})
+    _one_line_error(_compress(tmp_path, out, recipe=other), "holds a run with another model or recipe", "--restart")
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, finished_run, monkeypatch):
+    import supportprune.compress as compress_module
+
+    _, reference, _ = finished_run
+    original, finished_epochs = compress_module._run_epoch, []
+
+    def interrupt_after_two_epochs(*args, **kwargs):
+        if len(finished_epochs) == 2:  # dense 1 and sparse 1 done: stop in the middle of the Sparse phase
+            raise KeyboardInterrupt
+        finished_epochs.append(original(*args, **kwargs))
+
+    monkeypatch.setattr(compress_module, "_run_epoch", interrupt_after_two_epochs)
+    out = tmp_path / "resumed"
+    first = _compress(tmp_path, out)
+    assert first.exit_code == 130 and "run the same command again to resume" in first.output
+    monkeypatch.setattr(compress_module, "_run_epoch", original)
+    second = _compress(tmp_path, out)
+    assert second.exit_code == 0, second.output
+    assert "resuming" in second.output and "at sparse epoch 2" in second.output
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                          for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert strip(out) == strip(reference)  # bit-exact on the CPU: same losses, supports, channels
+    for kind in ("sparse", "dense"):
+        resumed = read_checkpoint(out / "models" / f"{kind}.pt")["model"]
+        uninterrupted = read_checkpoint(reference / "models" / f"{kind}.pt")["model"]
+        assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, finished_run):
+    _, reference, _ = finished_run
+    out = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(reference, out)
+    last = out / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: len(last.read_bytes()) // 2])
+    result = _compress(tmp_path, out)
+    assert result.exit_code == 0, result.output
+    assert "checksum mismatch" in result.output and "resuming from last.pt.previous" in result.output
+
+
+def test_help_of_every_command():
+    for command in ([], ["compress"], ["recipes"], ["recipes", "show"], ["export"], ["bench"]):
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_recipes_list_and_show():
+    result = runner.invoke(app, ["recipes"])
+    assert result.exit_code == 0 and all(name in result.output for name in shipped_recipes())
+    shown = runner.invoke(app, ["recipes", "show", "resnet18"])
+    assert shown.exit_code == 0 and yaml.safe_load(shown.output)["weights"] == "IMAGENET1K_V1"
+
+
+def test_export_and_bench_commands_on_a_finished_run(finished_run, tmp_path):
+    _, out, _ = finished_run
+    result = runner.invoke(app, ["export", str(out)])
+    assert result.exit_code == 0, result.output
+    bench = runner.invoke(app, ["bench", str(out / "sparse.onnx"), "--batch-sizes", "1,2", "--runs", "2",
+                                "--warmup", "1", "--out", str(tmp_path)])
+    assert bench.exit_code == 0, bench.output
+    assert "CPUExecutionProvider" in bench.output and (tmp_path / "benchmark.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: one line, non-zero exit, no traceback, nothing lost.
+
+
+def test_unknown_model(tmp_path):
+    _one_line_error(_compress(tmp_path, tmp_path / "o", model="resnet1000"), "unknown model 'resnet1000'")
+
+
+def test_malformed_recipe(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nsparse:\n  granularity: pixel\n")
+    _one_line_error(_compress(tmp_path, tmp_path / "o", recipe=bad), "bad.yaml", "sparse.granularity")
+
+
+def test_missing_data(tmp_path):
+    _one_line_error(_compress(tmp_path, tmp_path / "o", "--data", f"cifar10:{tmp_path / 'nowhere'}"), "nowhere")
+
+
+def test_corrupt_weights(tmp_path):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"not a checkpoint")
+    _one_line_error(_compress(tmp_path, tmp_path / "o", "--weights", str(weights)), "cannot read weights file", "w.pt")
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _one_line_error(_compress(tmp_path, blocker / "out"), "cannot write to output directory")
+
+
+def test_bad_option_values(tmp_path):
+    _one_line_error(_compress(tmp_path, tmp_path / "o", "--mean", "a,b"), "--mean")
+    _one_line_error(_compress(tmp_path, tmp_path / "o", "--target-macs", "2"), "sparse.target_macs")
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    recipe = _recipe_file(tmp_path, **{"sparse.lr": 1e12})
+    out = tmp_path / "diverge"
+    result = _compress(tmp_path, out, recipe=recipe)
+    _one_line_error(result, "sparse epoch 1", "became n", "last good checkpoint kept", "sparse.lr")
+    checkpoint = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert checkpoint["run"]["phase_index"] == 1 and checkpoint["run"]["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
