@@ -70,15 +70,16 @@ def zero_support_channels(model: nn.Module, relative_threshold: float | None = N
 def alternation_point(
     model: nn.Module, example_input: Tensor, config: SparseConfig, baseline_macs: int
 ) -> AlternationResult:
-    """Prune (by keep masks) the channels whose support stayed zero; with a MACs target, first search
-    the threshold that meets it and train on with that threshold. Statistics restart afterwards."""
+    """Prune (by keep masks) the channels whose support stayed zero. With a MACs target, the pruning
+    threshold is searched so the zero-support channels meet it; the training masks keep the recipe's
+    threshold (a threshold high enough to cut half the MACs would, applied to every batch, mask half
+    of each layer anew at every step, and training does not survive that). Statistics restart."""
     observed = max((int(site.stat_batches) for _, site in support_sites(model)), default=0)
     if config.target_macs is not None:
         max_relative = {name: site.stat_max_relative_energy.clone() for name, site in support_sites(model)}
         threshold, keep, _ = search_relative_threshold(
             model, example_input, max_relative, int(config.target_macs * baseline_macs), round_to=config.round_to
         )
-        set_site_mode(model, "batch", relative_threshold=threshold)
     else:
         threshold = float(next(site for _, site in support_sites(model)).relative_threshold)
         scores = {name: site.stat_max_relative_energy for name, site in support_sites(model)}
