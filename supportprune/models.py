@@ -7,6 +7,8 @@ model serves ImageNet and the embedded Fashion-MNIST.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,9 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
 
 def _from_factory(path: str) -> nn.Module:
     module_name, _, attribute = path.partition(":")
+    # Like `python -m`, find modules in the working directory too (console scripts do not).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
