@@ -34,7 +34,7 @@ def friendly_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except SupportpruneError as error:
             _err(str(error).replace("\n", " "))
-            raise typer.Exit(1)
+            raise typer.Exit(getattr(error, "exit_code", 1))
         except KeyboardInterrupt:
             _err("interrupted; run the same command again to resume from the last checkpoint")
             raise typer.Exit(130)

@@ -7,6 +7,7 @@ same command on the same directory continues where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -16,6 +17,7 @@ from typing import Any, Optional, Protocol
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from supportprune import __version__, dsd
 from supportprune.atomic import atomic_write_text
@@ -25,9 +27,19 @@ from supportprune.errors import SupportpruneError
 from supportprune.models import ModelSpec, build_model
 from supportprune.pruning import count_macs_params
 from supportprune.recipe import PhaseConfig, Recipe, recipe_from_dict
-from supportprune.support import convert_relus, export_ready, kept_channel_counts, kept_unit_fractions
+from supportprune.distributed import cluster_device, init_cluster, shutdown_cluster
+from supportprune.support import (
+    convert_relus,
+    export_ready,
+    kept_channel_counts,
+    kept_unit_fractions,
+    reset_support_stats,
+    set_site_mode,
+    support_sites,
+)
 from supportprune.train import (
     DivergedError,
+    EpochProgress,
     choose_device,
     evaluate,
     make_optimizer,
@@ -69,6 +81,8 @@ class RunState:
 
     phase_index: int = 0
     epoch: int = 0  # epochs finished in the current phase
+    step: int = 0  # steps finished in the current epoch (checkpoints inside an epoch)
+    partial: dict[str, Any] = field(default_factory=dict)  # running sums of the current epoch
     metrics: list[dict[str, Any]] = field(default_factory=list)
     alternations: list[dict[str, Any]] = field(default_factory=list)
     baseline_top1: Optional[float] = None
@@ -139,6 +153,42 @@ def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, restart:
     return False
 
 
+class RunInterrupted(SupportpruneError):
+    """SIGINT/SIGTERM: the current step finished, a checkpoint was written, the run can resume."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _StopRequests:
+    """SIGINT and SIGTERM ask the run to stop after the current step instead of killing it mid-write."""
+
+    def __init__(self) -> None:
+        self.signal_name: Optional[str] = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequests":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._request)
+        return self
+
+    def _request(self, number, frame) -> None:
+        import signal
+
+        self.signal_name = signal.Signals(number).name
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
 def compress(
     model_name: str,
     recipe: Recipe,
@@ -149,135 +199,234 @@ def compress(
     reporter: Reporter | None = None,
     max_steps_per_epoch: int | None = None,
 ) -> CompressResult:
-    """Run Dense → Sparse (B-alternation, support pruning) → re-Dense, export and benchmark the three models."""
-    reporter = reporter or SilentReporter()
-    started = time.perf_counter()
-    layout = RunLayout(out_dir)
-    resuming = prepare_run_dir(layout, recipe, model_name, restart)
-    atomic_write_text(layout.recipe, recipe.to_yaml())
-    atomic_write_text(layout.run_info, json.dumps(_run_info(model_name, recipe), indent=2))
+    """Run Dense → Sparse (B-alternation, support pruning) → re-Dense, export and benchmark the three models.
 
-    seed_everything(recipe.seed)
-    torch_device = choose_device(device)
-    data = load_data(
-        recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean, std=recipe.data.std,
-        augment=recipe.data.augment, channels=recipe.data.channels,
-    )
-    reporter.message(f"data: {data.description}; device: {torch_device}")
-    train_loader, val_loader = make_loaders(data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)
-    spec = ModelSpec(model_name, data.num_classes, data.channels, recipe.data.input_size)
-    model = convert_relus(build_model(spec, recipe.weights), spec.example_input()).to(torch_device)
-    example = spec.example_input().to(torch_device)
-    baseline_macs, _ = count_macs_params(model, example)
-
-    state = RunState(channels_total={name: total for name, (_, total) in kept_channel_counts(model).items()})
-    checkpoint = load_latest(layout.checkpoint) if resuming else None
-    optimizer_state = scheduler_state = None
-    if checkpoint is not None:
-        saved, used, problems = checkpoint
-        for problem in problems:
-            reporter.message(f"warning: {problem}; resuming from {used.name}")
-        model.load_state_dict(saved["model"])
-        state = RunState(**saved["run"])
-        optimizer_state, scheduler_state = saved["optimizer"], saved["scheduler"]
-        torch.set_rng_state(saved["rng"]["torch"])
-        where = (f"{PHASES[state.phase_index]} epoch {state.epoch + 1}" if state.phase_index < len(PHASES)
-                 else "export (training finished)")
-        reporter.message(f"resuming {layout.root} at {where}")
-
-    for phase_index in range(state.phase_index, len(PHASES)):
-        phase = PHASES[phase_index]
-        config: PhaseConfig = getattr(recipe, phase)
-        fresh = state.phase_index != phase_index or (state.epoch == 0 and optimizer_state is None)
-        state.phase_index = phase_index
-        _enter_phase(phase, model, recipe, example, state, fresh, reporter)
-        optimizer = make_optimizer(model, config)
-        steps = len(train_loader) if max_steps_per_epoch is None else min(len(train_loader), max_steps_per_epoch)
-        scheduler = make_scheduler(optimizer, config, steps)
-        if not fresh and optimizer_state is not None:
-            optimizer.load_state_dict(optimizer_state)
-            scheduler.load_state_dict(scheduler_state)
-        optimizer_state = scheduler_state = None
-        while state.epoch < config.epochs:
-            _run_epoch(phase, model, config, recipe, train_loader, val_loader, optimizer, scheduler, torch_device,
-                       example, baseline_macs, state, steps, layout, reporter, max_steps_per_epoch)
-        _leave_phase(phase, model, example, state, layout, val_loader, torch_device, reporter)
-        state.phase_index, state.epoch = phase_index + 1, 0
-        _save(layout, model, None, None, state)
-
-    summaries = _finish(model_name, spec, recipe, data, layout, model, example, val_loader, torch_device, state, reporter)
-    bench = _benchmark(recipe, layout, reporter)
-    seconds = time.perf_counter() - started
-    from supportprune.report import write_report
-
-    write_report(layout, model_name, recipe, data.description, summaries, bench, state, seconds)
-    reporter.message(f"report: {layout.report}")
-    return CompressResult(layout.root, tuple(summaries), tuple(bench), seconds)
-
-
-def _enter_phase(phase: str, model: nn.Module, recipe: Recipe, example: torch.Tensor, state: RunState,
-                 fresh: bool, reporter: Reporter) -> None:
-    if phase == "sparse":
-        dsd.begin_sparse(model, recipe.sparse, reset=fresh)
-    elif phase == "redense" and fresh:
-        state.revived_channels = dsd.redense(model, example)
-        reporter.message(f"re-dense: {state.revived_channels} pruned channels back, initialised to zero")
-
-
-def _run_epoch(phase, model, config, recipe, train_loader, val_loader, optimizer, scheduler, device, example,
-               baseline_macs, state, steps, layout, reporter, max_steps) -> None:
-    epoch = state.epoch + 1
-    started = time.perf_counter()
-    lr = optimizer.param_groups[0]["lr"]
-    reporter.start(f"{phase} {epoch}/{config.epochs}", steps)
-    reseed_epoch(train_loader, recipe.seed, len(state.metrics))
+    Under torchrun, every process trains its share of each global batch (DistributedDataParallel);
+    rank 0 decides the pruning, writes every file, exports and benchmarks.
+    """
+    cluster = init_cluster(device)
     try:
-        loss, top1 = train_epoch(
-            model, train_loader, optimizer, scheduler, device, max_steps=max_steps,
-            on_step=lambda step, loss, top1: reporter.advance(step, loss=loss, top1=top1),
+        with _StopRequests() as stop_requests:
+            return _Run(model_name, recipe, out_dir, device, restart, reporter, max_steps_per_epoch,
+                        cluster, stop_requests).execute()
+    finally:
+        shutdown_cluster(cluster)
+
+
+class _Run:
+    """One compress run: its directory, data, model and state, and the phases in order."""
+
+    def __init__(self, model_name, recipe, out_dir, device, restart, reporter, max_steps, cluster, stop_requests) -> None:
+        self.model_name, self.recipe, self.cluster = model_name, recipe, cluster
+        self.reporter = reporter if (reporter is not None and cluster.is_main) else SilentReporter()
+        self.layout, self.restart, self.max_steps, self.stop_requests = RunLayout(out_dir), restart, max_steps, stop_requests
+        self.requested_device = device
+        self.started = time.perf_counter()
+
+    # -- set-up ------------------------------------------------------------------------------------
+
+    def execute(self) -> CompressResult:
+        recipe, cluster = self.recipe, self.cluster
+        # Rank 0 checks the directory; every rank learns the outcome (or the same error).
+        outcome = None
+        if cluster.is_main:
+            try:
+                resuming = prepare_run_dir(self.layout, recipe, self.model_name, self.restart)
+                atomic_write_text(self.layout.recipe, recipe.to_yaml())
+                atomic_write_text(self.layout.run_info, json.dumps(_run_info(self.model_name, recipe), indent=2))
+                outcome = ("ok", resuming)
+            except SupportpruneError as error:
+                outcome = ("error", str(error))
+        outcome = cluster.broadcast_object(outcome)
+        if outcome[0] == "error":
+            raise SupportpruneError(outcome[1])
+        resuming = outcome[1]
+
+        seed_everything(recipe.seed)
+        self.device = choose_device(cluster_device(cluster, self.requested_device))
+        self.data = load_data(
+            recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean, std=recipe.data.std,
+            augment=recipe.data.augment, channels=recipe.data.channels,
         )
-        # The last step can leave non-finite weights behind a finite loss: never checkpoint those.
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise DivergedError("the weights became non-finite")
-    except DivergedError as error:
-        reporter.stop()
-        kept = "checkpoints/last.pt" if layout.checkpoint.exists() else "no checkpoint yet"
-        raise DivergedError(
-            f"{phase} epoch {epoch}: {error}; stopped, last good checkpoint kept ({kept}); "
-            f"lower {phase}.lr in the recipe and run again (it resumes)"
-        ) from None
-    reporter.stop()
-    record: dict[str, Any] = {"phase": phase, "epoch": epoch, "train_loss": loss, "train_top1": top1, "lr": lr}
-    if phase == "sparse":
-        record["supports_kept"] = kept_unit_fractions(model)
-        if epoch in recipe.sparse.alternation_epochs:
-            result = dsd.alternation_point(model, example, recipe.sparse, baseline_macs)
-            state.alternations.append({"epoch": epoch, **asdict(result)})
-            reporter.message(
-                f"alternation point after sparse epoch {epoch}: kept {result.channels_kept}/{result.channels_total} "
-                f"channels, {100 * result.macs / baseline_macs:.1f}% of MACs (relative threshold {result.relative_threshold:.4g})"
+        processes = f", {cluster.world_size} processes" if cluster.distributed else ""
+        self.reporter.message(f"data: {self.data.description}; device: {self.device}{processes}")
+        self.train_loader, self.val_loader = make_loaders(
+            self.data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed,
+            rank=cluster.rank, world_size=cluster.world_size,
+        )
+        self.spec = ModelSpec(self.model_name, self.data.num_classes, self.data.channels, recipe.data.input_size)
+        self.model = convert_relus(build_model(self.spec, recipe.weights), self.spec.example_input()).to(self.device)
+        set_site_mode(self.model, "threshold", global_supports=cluster.distributed)
+        self.example = self.spec.example_input().to(self.device)
+        self.baseline_macs, _ = count_macs_params(self.model, self.example)
+        self.state = RunState(channels_total={n: total for n, (_, total) in kept_channel_counts(self.model).items()})
+        saved = self._resume() if resuming else None
+
+        for phase_index in range(self.state.phase_index, len(PHASES)):
+            self._run_phase(phase_index, saved if phase_index == self.state.phase_index else None)
+            saved = None
+        if not cluster.is_main:
+            return CompressResult(self.layout.root, (), (), time.perf_counter() - self.started)
+        # Each rank validated on its shard; the exported models are checked on the whole validation set.
+        full_val = self.val_loader if not cluster.distributed else make_loaders(
+            self.data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)[1]
+        summaries = _finish(self.spec, recipe, self.layout, full_val, self.device, self.reporter)
+        bench = _benchmark(recipe, self.layout, self.reporter)
+        seconds = time.perf_counter() - self.started
+        from supportprune.report import write_report
+
+        write_report(self.layout, self.model_name, recipe, self.data.description, summaries, bench, self.state, seconds)
+        self.reporter.message(f"report: {self.layout.report}")
+        return CompressResult(self.layout.root, tuple(summaries), tuple(bench), seconds)
+
+    def _resume(self) -> Optional[dict[str, Any]]:
+        loaded = load_latest(self.layout.checkpoint)
+        if loaded is None:
+            return None
+        saved, used, problems = loaded
+        for problem in problems:
+            self.reporter.message(f"warning: {problem}; resuming from {used.name}")
+        self.model.load_state_dict(saved["model"])
+        self.state = RunState(**saved["run"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if self.state.phase_index < len(PHASES):
+            where = f"{PHASES[self.state.phase_index]} epoch {self.state.epoch + 1}"
+            if self.state.step:
+                where += f", step {self.state.step + 1}"
+        else:
+            where = "export (training finished)"
+        self.reporter.message(f"resuming {self.layout.root} at {where}")
+        return saved
+
+    # -- phases ------------------------------------------------------------------------------------
+
+    def _run_phase(self, phase_index: int, saved: Optional[dict[str, Any]]) -> None:
+        phase = PHASES[phase_index]
+        config: PhaseConfig = getattr(self.recipe, phase)
+        fresh = saved is None or saved["optimizer"] is None
+        self.state.phase_index = phase_index
+        if phase == "sparse":
+            dsd.begin_sparse(self.model, self.recipe.sparse, reset=fresh)
+        elif phase == "redense" and fresh:
+            self.state.revived_channels = dsd.redense(self.model, self.example)
+            self.reporter.message(f"re-dense: {self.state.revived_channels} pruned channels back, initialised to zero")
+        trained = DistributedDataParallel(self.model) if self.cluster.distributed else self.model
+        optimizer = make_optimizer(self.model, config)
+        steps = self.train_loader.batch_sampler.steps_per_epoch()
+        steps = steps if self.max_steps is None else min(steps, self.max_steps)
+        scheduler = make_scheduler(optimizer, config, steps)
+        if not fresh:
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        while self.state.epoch < config.epochs:
+            self._run_epoch(phase, config, trained, optimizer, scheduler, steps)
+        self._leave_phase(phase)
+        self.state.phase_index, self.state.epoch = phase_index + 1, 0
+        self._save(None, None)
+
+    def _run_epoch(self, phase, config, trained, optimizer, scheduler, steps) -> None:
+        state, recipe, reporter = self.state, self.recipe, self.reporter
+        epoch = state.epoch + 1
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"] if not state.partial else state.partial["lr"]
+        earlier_seconds = state.partial.get("seconds", 0.0)
+        progress = EpochProgress(**{k: v for k, v in state.partial.items() if k not in ("lr", "seconds")})
+        reseed_epoch(self.train_loader, recipe.seed, len(state.metrics), start_step=progress.step)
+        every = recipe.checkpoint_every_steps
+        stopped = False
+
+        def stop_after(progress: EpochProgress) -> bool:
+            nonlocal stopped
+            stopped = self.cluster.any(self.stop_requests.signal_name is not None)  # every rank stops together
+            if stopped or (every and progress.step % every == 0 and progress.step < steps):
+                self._check_finite()
+                elapsed = earlier_seconds + time.perf_counter() - started
+                state.step, state.partial = progress.step, {**asdict(progress), "lr": lr, "seconds": elapsed}
+                self._save(optimizer, scheduler)
+            return stopped
+
+        reporter.start(f"{phase} {epoch}/{config.epochs}", steps)
+        try:
+            progress = train_epoch(
+                trained, self.train_loader, optimizer, scheduler, self.device, progress=progress,
+                max_steps=self.max_steps, stop_after=stop_after,
+                on_step=lambda step, loss, top1: reporter.advance(step, loss=loss, top1=top1),
             )
-    record["val_loss"], record["val_top1"] = evaluate(model, val_loader, device)
-    record["channels_kept"] = {name: kept for name, (kept, _) in kept_channel_counts(model).items()}
-    record["seconds"] = time.perf_counter() - started
-    state.metrics.append(record)
-    state.epoch = epoch
-    reporter.message(
-        f"{phase} {epoch}/{config.epochs}: loss {loss:.4f}, train top-1 {top1:.2f}%, val top-1 {record['val_top1']:.2f}% "
-        f"({record['seconds']:.1f}s)"
-    )
-    _save(layout, model, optimizer, scheduler, state)
+            self._check_finite()
+        except DivergedError as error:
+            reporter.stop()
+            kept = "checkpoints/last.pt" if self.layout.checkpoint.exists() else "no checkpoint yet"
+            raise DivergedError(
+                f"{phase} epoch {epoch}: {error}; stopped, last good checkpoint kept ({kept}); "
+                f"lower {phase}.lr in the recipe and run again (it resumes)"
+            ) from None
+        reporter.stop()
+        if stopped:
+            signal_name = self.stop_requests.signal_name or "a signal to another process"
+            raise RunInterrupted(
+                f"stopped by {signal_name} at {phase} epoch {epoch}, step {progress.step}: checkpoint written to "
+                f"{self.layout.checkpoint}; run the same command again to resume",
+                143 if signal_name == "SIGTERM" else 130,
+            )
+        total_loss, total_correct, total_seen = self.cluster.all_reduce_sum([progress.loss_sum, progress.correct, progress.seen])
+        loss, top1 = total_loss / total_seen, 100.0 * total_correct / total_seen
+        record: dict[str, Any] = {"phase": phase, "epoch": epoch, "train_loss": loss, "train_top1": top1, "lr": lr}
+        if phase == "sparse":
+            record["supports_kept"] = kept_unit_fractions(self.model)
+            if epoch in recipe.sparse.alternation_epochs:
+                self._alternation_point(epoch)
+        record["val_loss"], record["val_top1"] = evaluate(self.model, self.val_loader, self.device,
+                                                          reduce=self.cluster.all_reduce_sum)
+        record["channels_kept"] = {name: kept for name, (kept, _) in kept_channel_counts(self.model).items()}
+        record["seconds"] = time.perf_counter() - started + earlier_seconds
+        state.metrics.append(record)
+        state.epoch, state.step, state.partial = epoch, 0, {}
+        reporter.message(
+            f"{phase} {epoch}/{config.epochs}: loss {loss:.4f}, train top-1 {top1:.2f}%, "
+            f"val top-1 {record['val_top1']:.2f}% ({record['seconds']:.1f}s)"
+        )
+        self._save(optimizer, scheduler)
 
+    def _check_finite(self) -> None:
+        """A step can leave non-finite weights (or batch-norm statistics) behind a finite loss: never
+        checkpoint those."""
+        state = self.model.state_dict()
+        if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+            raise DivergedError("the weights became non-finite")
 
-def _leave_phase(phase, model, example, state, layout, val_loader, device, reporter) -> None:
-    if phase == "dense":
-        _, state.baseline_top1 = evaluate(model, val_loader, device)
-        _save_model_state(layout.model_state("baseline"), model)
-    elif phase == "sparse":
-        dsd.end_sparse(model)
-        _save_model_state(layout.model_state("sparse"), model)  # the masked full model; pruned on export
-    else:
-        _save_model_state(layout.model_state("dense"), model)
+    def _alternation_point(self, epoch: int) -> None:
+        """Rank 0 decides which channels die; every rank applies the same keep masks."""
+        sites = [site for _, site in support_sites(self.model)]
+        if self.cluster.is_main:
+            result = dsd.alternation_point(self.model, self.example, self.recipe.sparse, self.baseline_macs)
+            self.state.alternations.append({"epoch": epoch, **asdict(result)})
+            self.reporter.message(
+                f"alternation point after sparse epoch {epoch}: kept {result.channels_kept}/{result.channels_total} "
+                f"site channels, {100 * result.macs / self.baseline_macs:.1f}% of MACs "
+                f"(pruning threshold {result.relative_threshold:.4g} × mean energy)"
+            )
+        else:
+            reset_support_stats(self.model)
+        self.cluster.broadcast_tensors([site.keep for site in sites])
+
+    def _leave_phase(self, phase: str) -> None:
+        if phase == "dense":
+            _, self.state.baseline_top1 = evaluate(self.model, self.val_loader, self.device,
+                                                   reduce=self.cluster.all_reduce_sum)
+        elif phase == "sparse":
+            dsd.end_sparse(self.model)
+            keep = torch.cat([site.keep.flatten().cpu() for _, site in support_sites(self.model)])
+            if not self.cluster.same_everywhere(hashlib.sha256(keep.numpy().tobytes()).hexdigest()):
+                raise SupportpruneError("the processes disagree on the pruned channels; this is a bug, please report it")
+        if self.cluster.is_main:
+            # Baseline and dense as trained; sparse as the masked full model, pruned physically on export.
+            kind = {"dense": "baseline", "sparse": "sparse", "redense": "dense"}[phase]
+            _save_model_state(self.layout.model_state(kind), self.model)
+
+    def _save(self, optimizer, scheduler) -> None:
+        if self.cluster.is_main:
+            _save(self.layout, self.model, optimizer, scheduler, self.state)
+        self.cluster.barrier()
 
 
 def _save(layout: RunLayout, model: nn.Module, optimizer, scheduler, state: RunState) -> None:
@@ -340,7 +489,7 @@ def load_run_models(layout: RunLayout, device: torch.device | str = "cpu") -> tu
     return spec, models
 
 
-def _finish(model_name, spec, recipe, data: DataSplits, layout, model, example, val_loader, device, state, reporter) -> list[ModelSummary]:
+def _finish(spec, recipe, layout, val_loader, device, reporter) -> list[ModelSummary]:
     info = json.loads(layout.run_info.read_text())
     info["spec"] = asdict(spec)
     atomic_write_text(layout.run_info, json.dumps(info, indent=2))

@@ -98,40 +98,77 @@ def load_data(
 
 
 def make_loaders(
-    splits: DataSplits, *, batch_size: int, workers: int = 0, seed: int = 0
+    splits: DataSplits, *, batch_size: int, workers: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader, DataLoader]:
-    """Build (train, val) loaders; the same seed gives the same batches and augmentations."""
+    """Build (train, val) loaders; the same seed gives the same batches and augmentations.
+
+    ``batch_size`` is the global batch. With ``world_size`` processes each rank loads its share of
+    every global batch (see GlobalBatchSampler) and of the validation set.
+    """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise SupportpruneError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(workers, int) or workers < 0:
         raise SupportpruneError(f"workers must be a non-negative integer, got {workers!r}")
-    # Augmentation draws from the dataset's own generator (see _Seedable), so
-    # seeding it here makes workers=0 runs independent of the global torch RNG.
+    if batch_size % world_size:
+        raise SupportpruneError(
+            f"data.batch_size {batch_size} is the global batch and must divide evenly over {world_size} processes"
+        )
     for offset, dataset in enumerate((splits.train, splits.val)):
         _reseed_all(dataset, seed + offset)
-    common = dict(
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        # Not persistent: each epoch's workers are seeded afresh from the loader's generator,
-        # which reseed_epoch() sets, so a resumed run sees the batches an uninterrupted one would.
-        persistent_workers=False,
-        worker_init_fn=_seed_worker if workers > 0 else None,
+    common = dict(num_workers=workers, pin_memory=torch.cuda.is_available())
+    train_batches = GlobalBatchSampler(
+        len(splits.train), batch_size, seed=seed, rank=rank, world_size=world_size,
+        drop_last=len(splits.train) >= batch_size,
     )
-    generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(
-        splits.train, shuffle=True, generator=generator,
-        drop_last=len(splits.train) >= batch_size, **common,
-    )
-    val = DataLoader(splits.val, shuffle=False, drop_last=False, **common)
+    train = DataLoader(splits.train, batch_sampler=train_batches, **common)
+    val_indices = list(range(rank, len(splits.val), world_size))
+    val = DataLoader(splits.val, batch_size=max(1, batch_size // world_size), sampler=val_indices, **common)
     return train, val
 
 
-def reseed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Make one epoch's order and augmentations a function of (seed, epoch) alone."""
-    epoch_seed = seed * 1_000_003 + epoch
-    loader.generator.manual_seed(epoch_seed)
-    _reseed_all(loader.dataset, epoch_seed)
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """The batches of one epoch, as a function of (seed, epoch) alone.
+
+    One process takes global batch s = order[s·B : (s+1)·B]. With W processes, rank r takes the
+    r-th contiguous B/W slice of it, so the ranks' batches together are exactly the batch a single
+    process would take (what makes B-alternation's global masks comparable). ``set_epoch(e, k)``
+    starts epoch e at its k-th batch, for runs resumed mid-epoch.
+    """
+
+    def __init__(self, length: int, global_batch: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, drop_last: bool = True) -> None:
+        self.length, self.global_batch = length, global_batch
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.local_batch = global_batch // world_size
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def steps_per_epoch(self) -> int:
+        full = self.length // self.global_batch
+        return full if self.drop_last or self.length % self.global_batch == 0 else full + 1
+
+    def __len__(self) -> int:
+        return max(0, self.steps_per_epoch() - self.start_step)
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.length, generator=generator).tolist()
+        else:
+            order = list(range(self.length))
+        for step in range(self.start_step, self.steps_per_epoch()):
+            batch = order[step * self.global_batch:(step + 1) * self.global_batch]
+            share = -(-len(batch) // self.world_size)  # a short last batch is split as evenly as possible
+            yield batch[self.rank * share:(self.rank + 1) * share]
+
+
+def reseed_epoch(loader: DataLoader, seed: int, epoch: int, start_step: int = 0) -> None:
+    """Make one epoch's order and augmentations a function of (seed, epoch) alone; start at ``start_step``."""
+    loader.batch_sampler.set_epoch(epoch, start_step)
+    _reseed_all(loader.dataset, seed * 1_000_003 + epoch)
 
 
 # ---------------------------------------------------------------------------
@@ -374,14 +411,21 @@ def _convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 class _Seedable:
-    """A dataset whose augmentation draws from its own torch.Generator."""
+    """A dataset whose augmentation of item i draws from a generator seeded by (seed, i).
+
+    Per-item seeding makes an item's augmentation independent of the order items are loaded in,
+    of which worker loads it, and of where in the epoch a resumed run starts.
+    """
 
     def __init__(self, augment: bool) -> None:
         self.augment = augment
-        self._generator = torch.Generator().manual_seed(0)
+        self._seed = 0
 
     def reseed(self, seed: int) -> None:
-        self._generator.manual_seed(seed)
+        self._seed = int(seed)
+
+    def _item_generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self._seed * 1_000_003 + int(index)) % 2**63)
 
 
 def _reseed_all(dataset: Dataset, seed: int) -> None:
@@ -393,14 +437,6 @@ def _reseed_all(dataset: Dataset, seed: int) -> None:
     elif isinstance(dataset, torch.utils.data.ConcatDataset):
         for offset, part in enumerate(dataset.datasets):
             _reseed_all(part, seed + offset)
-
-
-def _seed_worker(worker_id: int) -> None:
-    # Each worker holds its own copy of the dataset; give it a distinct seed
-    # derived from the loader's generator (info.seed), so runs repeat exactly.
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        _reseed_all(info.dataset, info.seed)
 
 
 class _TensorImages(_Seedable, Dataset):
@@ -448,16 +484,16 @@ class _TensorImages(_Seedable, Dataset):
         else:
             image = self._prepare(self._source[index:index + 1])[0]
         if self.augment:
-            image = self._random_crop_flip(image)
+            image = self._random_crop_flip(image, self._item_generator(index))
         return image, int(self.labels[index])
 
-    def _random_crop_flip(self, image: torch.Tensor) -> torch.Tensor:
+    def _random_crop_flip(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         pad, size = self._pad, self.input_size
         canvas = self._fill.expand(image.shape[0], size + 2 * pad, size + 2 * pad).clone()
         canvas[:, pad:pad + size, pad:pad + size] = image
-        top, left = torch.randint(0, 2 * pad + 1, (2,), generator=self._generator).tolist()
+        top, left = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
         crop = canvas[:, top:top + size, left:left + size]
-        if torch.rand((), generator=self._generator) < 0.5:
+        if torch.rand((), generator=generator) < 0.5:
             crop = crop.flip(-1)
         return crop.contiguous()
 
@@ -519,7 +555,7 @@ class _FolderImages(_Seedable, Dataset):
             return self.transform(image), int(label)
         # torchvision transforms use the global RNG; run them under a forked
         # RNG seeded from our generator so results depend only on our seed.
-        seed = int(torch.randint(0, 2**62, (1,), generator=self._generator))
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._item_generator(index)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transform(image), int(label)

@@ -124,6 +124,7 @@ class Recipe:
     description: str = ""
     weights: Optional[str] = None  # torchvision weights name or a file; None: random initialisation
     seed: int = 0
+    checkpoint_every_steps: int = 0  # also checkpoint inside epochs every K steps (0: at epoch ends only)
     data: DataConfig = field(default_factory=DataConfig)
     dense: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=0.1))
     sparse: SparseConfig = field(default_factory=SparseConfig)
@@ -132,6 +133,8 @@ class Recipe:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     def __post_init__(self) -> None:
+        if self.checkpoint_every_steps < 0:
+            raise ValueError("checkpoint_every_steps: must be >= 0")
         if self.version != RECIPE_VERSION:
             raise ValueError(f"version: this supportprune reads recipe version {RECIPE_VERSION}, got {self.version}")
 

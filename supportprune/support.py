@@ -118,6 +118,7 @@ class SupportSite(nn.Module):
         self.mode: SiteMode = "threshold"
         self.granularity: Granularity = "channel"
         self.record_stats = False
+        self.global_supports = False
         self.fixed_support: Tensor | None = None
 
     def extra_repr(self) -> str:
@@ -134,6 +135,8 @@ class SupportSite(nn.Module):
             return activation
         with torch.no_grad():
             energy = batch_unit_energy(activation, self.granularity)
+            if self.global_supports:  # data-parallel: the energy of the global batch, same mask on every rank
+                torch.distributed.all_reduce(energy)
             relative = relative_energy(energy, self.keep)
             mask = relative > self.relative_threshold  # Eq. 41
             if self.record_stats:
@@ -277,8 +280,10 @@ def set_site_mode(
     granularity: Granularity | None = None,
     relative_threshold: float | None = None,
     record_stats: bool | None = None,
+    global_supports: bool | None = None,
 ) -> None:
-    """Set every site's mode (and, where given, granularity, threshold and statistics recording)."""
+    """Set every site's mode (and, where given, granularity, threshold, statistics recording, and
+    whether batch energies are all-reduced over the process group before thresholding)."""
     if granularity is not None and granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     for _, site in support_sites(model):
@@ -289,6 +294,8 @@ def set_site_mode(
             site.relative_threshold.fill_(relative_threshold)
         if record_stats is not None:
             site.record_stats = record_stats
+        if global_supports is not None:
+            site.global_supports = global_supports
 
 
 @torch.no_grad()

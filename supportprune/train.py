@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
 import torch
@@ -72,6 +73,24 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: PhaseConfig, steps_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+@dataclass
+class EpochProgress:
+    """Running sums of an epoch, so an interrupted epoch can resume and still report exact totals."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def top1(self) -> float:
+        return 100.0 * self.correct / max(self.seen, 1)
+
+
 def train_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -79,40 +98,51 @@ def train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
     *,
+    progress: Optional[EpochProgress] = None,
     on_step: Optional[StepListener] = None,
     max_steps: Optional[int] = None,
-) -> tuple[float, float]:
-    """One pass of SGD over ``loader``; returns (mean loss, top-1 in %). Raises ``DivergedError`` on NaN."""
+    stop_after: Optional[Callable[[EpochProgress], bool]] = None,
+) -> EpochProgress:
+    """SGD over ``loader`` (continuing ``progress`` when an epoch resumes). Stops early when
+    ``stop_after(progress)`` says so after a step. Raises ``DivergedError`` on a non-finite loss."""
+    progress = progress or EpochProgress()
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    for step, (images, labels) in enumerate(loader):
-        if max_steps is not None and step >= max_steps:
+    for images, labels in loader:
+        if max_steps is not None and progress.step >= max_steps:
             break
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
         if not torch.isfinite(loss):
-            raise DivergedError(f"the loss became {loss.item()} at step {step + 1}")
+            raise DivergedError(f"the loss became {loss.item()} at step {progress.step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         batch = labels.numel()
-        total_loss += loss.item() * batch
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        seen += batch
+        progress.step += 1
+        progress.loss_sum += loss.item() * batch
+        progress.correct += int((logits.argmax(dim=1) == labels).sum())
+        progress.seen += batch
         if on_step is not None:
-            on_step(step + 1, total_loss / seen, 100.0 * correct / seen)
-    if seen == 0:
+            on_step(progress.step, progress.loss, progress.top1)
+        if stop_after is not None and stop_after(progress):
+            break
+    if progress.seen == 0:
         raise SupportpruneError("the training set gave no batch; use a smaller data.batch_size")
-    return total_loss / seen, 100.0 * correct / seen
+    return progress
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, on_step: Optional[Callable[[int], None]] = None
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    on_step: Optional[Callable[[int], None]] = None,
+    reduce: Callable[[list[float]], list[float]] = lambda sums: sums,
 ) -> tuple[float, float]:
-    """(mean loss, top-1 in %) over ``loader``, in eval mode (η* on each example)."""
+    """(mean loss, top-1 in %) over ``loader``, in eval mode (η* on each example); summed over all
+    processes by ``reduce`` in a data-parallel run, where each rank holds a shard of the validation set."""
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for step, (images, labels) in enumerate(loader):
@@ -123,6 +153,7 @@ def evaluate(
         seen += labels.numel()
         if on_step is not None:
             on_step(step + 1)
+    total_loss, correct, seen = reduce([total_loss, correct, seen])
     if seen == 0:
         raise SupportpruneError("the validation set is empty")
     return total_loss / seen, 100.0 * correct / seen

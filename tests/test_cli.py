@@ -1,6 +1,7 @@
 """The CLI end to end on a tiny model and the embedded data, and every bad input as a one-line error."""
 
 import json
+from pathlib import Path
 
 import onnx
 import pytest
@@ -18,6 +19,7 @@ TINY_RECIPE = {
     "version": 1,
     "description": "test: tiny",
     "seed": 3,
+    "checkpoint_every_steps": 1,
     "data": {"source": "embedded", "input_size": 12, "batch_size": 32},
     "dense": {"epochs": 1, "lr": 0.05},
     "sparse": {"epochs": 2, "lr": 0.01, "relative_threshold": 0.3, "prune_at": [1, 2]},
@@ -114,32 +116,80 @@ def test_rerun_resumes_and_a_changed_recipe_is_refused(finished_run):
     _one_line_error(_compress(tmp_path, out, recipe=other), "holds a run with another model or recipe", "--restart")
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, finished_run, monkeypatch):
-    import supportprune.compress as compress_module
+def _metrics_without_time(run_dir):
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(run_dir, reference):
+    assert _metrics_without_time(run_dir) == _metrics_without_time(reference)  # same losses, supports, channels
+    for kind in ("baseline", "sparse", "dense"):
+        resumed = read_checkpoint(run_dir / "models" / f"{kind}.pt")["model"]
+        uninterrupted = read_checkpoint(reference / "models" / f"{kind}.pt")["model"]
+        assert resumed.keys() == uninterrupted.keys()
+        assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted), kind  # bit-exact on the CPU
+
+
+def _start_in_subprocess(tmp_path, out):
+    """The same command as _compress, as a separate process that can be killed."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = _recipe_file(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "supportprune", "compress", "tiny_models:tiny_resnet", "--recipe", str(recipe),
+               "--out", str(out), "--max-steps", "4"]
+    return subprocess.Popen(command, cwd=Path(__file__).parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _wait_for_sparse_checkpoint(process, out, timeout=120.0):
+    """Wait until a checkpoint inside the Sparse phase exists (written atomically, so always readable)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError("the run finished before it could be interrupted:\n" + process.stdout.read())
+        try:
+            run = read_checkpoint(out / "checkpoints" / "last.pt")["run"]
+            if run["phase_index"] == 1 and (run["step"] > 0 or run["epoch"] > 0):
+                return run
+        except Exception:  # not written yet
+            pass
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint inside the Sparse phase appeared")
+
+
+def test_sigkill_in_the_sparse_phase_then_resume_equals_the_uninterrupted_run(tmp_path, finished_run):
+    _, reference, _ = finished_run
+    out = tmp_path / "killed"
+    process = _start_in_subprocess(tmp_path, out)
+    _wait_for_sparse_checkpoint(process, out)
+    process.kill()
+    process.wait()
+    resumed = _compress(tmp_path, out)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and "at sparse epoch" in resumed.output
+    _assert_same_run(out, reference)
+
+
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp_path, finished_run):
+    import signal
 
     _, reference, _ = finished_run
-    original, finished_epochs = compress_module._run_epoch, []
-
-    def interrupt_after_two_epochs(*args, **kwargs):
-        if len(finished_epochs) == 2:  # dense 1 and sparse 1 done: stop in the middle of the Sparse phase
-            raise KeyboardInterrupt
-        finished_epochs.append(original(*args, **kwargs))
-
-    monkeypatch.setattr(compress_module, "_run_epoch", interrupt_after_two_epochs)
-    out = tmp_path / "resumed"
-    first = _compress(tmp_path, out)
-    assert first.exit_code == 130 and "run the same command again to resume" in first.output
-    monkeypatch.setattr(compress_module, "_run_epoch", original)
-    second = _compress(tmp_path, out)
-    assert second.exit_code == 0, second.output
-    assert "resuming" in second.output and "at sparse epoch 2" in second.output
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                          for line in (path / "metrics.jsonl").read_text().splitlines()]
-    assert strip(out) == strip(reference)  # bit-exact on the CPU: same losses, supports, channels
-    for kind in ("sparse", "dense"):
-        resumed = read_checkpoint(out / "models" / f"{kind}.pt")["model"]
-        uninterrupted = read_checkpoint(reference / "models" / f"{kind}.pt")["model"]
-        assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    out = tmp_path / "terminated"
+    process = _start_in_subprocess(tmp_path, out)
+    _wait_for_sparse_checkpoint(process, out)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output
+    assert "Traceback" not in output
+    assert "error: stopped by SIGTERM at sparse epoch" in output and "run the same command again to resume" in output
+    resumed = _compress(tmp_path, out)
+    assert resumed.exit_code == 0, resumed.output
+    _assert_same_run(out, reference)
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, finished_run):

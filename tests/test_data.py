@@ -363,7 +363,7 @@ def test_make_loaders_deterministic() -> None:
     train_a, val = make_loaders(splits, batch_size=16, seed=7)
     train_b, _ = make_loaders(splits, batch_size=16, seed=8)
     assert not torch.equal(next(iter(train_a))[1], next(iter(train_b))[1])
-    assert train_a.drop_last and not val.drop_last
+    assert train_a.batch_sampler.drop_last and not val.drop_last
     assert torch.equal(next(iter(val))[1], splits.val.labels[:16])
 
 

@@ -86,3 +86,23 @@ def tiny_resnet() -> nn.Module:
 
 def tiny_concat() -> nn.Module:
     return TinyConcatNet()
+
+
+class TinyPlainNet(nn.Module):
+    """No batch norm: a data-parallel run computes exactly what one process computes on the global batch."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def tiny_plain() -> nn.Module:
+    return TinyPlainNet()
