@@ -28,6 +28,12 @@ DEVICES = ("auto", "cuda", "cpu")
 _ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
+# Tuned CUDA provider options: cuDNN picks the fastest convolution algorithm for each shape once
+# (exhaustive search), may use as much workspace as it likes, and runs in NHWC, the layout tensor
+# cores want (this matters most for fp16).
+TUNED_CUDA_OPTIONS = {"cudnn_conv_algo_search": "EXHAUSTIVE", "cudnn_conv_use_max_workspace": "1", "prefer_nhwc": "1"}
+
+
 @dataclass(frozen=True)
 class BenchResult:
     model: str
@@ -38,6 +44,8 @@ class BenchResult:
     median_ms: float
     p90_ms: float
     throughput: float  # images/s = batch_size / median seconds
+    macs: int = 0  # multiply-accumulates per image, counted from the ONNX graph
+    precision: str = "fp32"
 
 
 def gpu_available() -> bool:
@@ -71,13 +79,21 @@ def benchmark_onnx(
     warmup: int = 10,
     device: str = "auto",
     threads: int | None = None,
+    cuda_options: dict[str, str] | None = None,
 ) -> list[BenchResult]:
-    """Time ``path`` at every batch size on random normal inputs (fixed seed); one result per batch size."""
+    """Time ``path`` at every batch size on random normal inputs (fixed seed); one result per batch size.
+
+    ``cuda_options`` are CUDA provider options (default ``TUNED_CUDA_OPTIONS``; ``{}`` for ORT's defaults).
+    """
     if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
         raise SupportpruneError("benchmark needs runs >= 1, warmup >= 0 and batch sizes >= 1")
     path = Path(path)
-    providers = select_providers(device)
+    providers: list[Any] = select_providers(device)
+    if CUDA in providers:
+        options = TUNED_CUDA_OPTIONS if cuda_options is None else cuda_options
+        providers = [(CUDA, options) if p == CUDA else p for p in providers]
     session = _open_session(path, providers, threads)
+    macs = onnx_macs(path)
     provider = session.get_providers()[0]
     if device == "cuda" and provider != CUDA:
         raise SupportpruneError(f"ONNX Runtime could not start CUDA for {path}; use --device cpu")
@@ -100,9 +116,65 @@ def benchmark_onnx(
                 median_ms=median * 1e3,
                 p90_ms=float(np.percentile(times, 90)) * 1e3,
                 throughput=batch_size / median,
+                macs=macs,
+                precision="fp16" if dtype == np.float16 else "fp32",
             )
         )
     return results
+
+
+def onnx_macs(path: str | os.PathLike) -> int:
+    """Multiply-accumulates per image of the convolutions and matrix products in an ONNX model.
+
+    Shapes come from ONNX shape inference with the batch dimension left symbolic: every output
+    element of a Conv costs (C_in / groups) · k_h · k_w MACs, of a Gemm/MatMul one row of the weight.
+    """
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {}
+    for value in list(model.graph.value_info) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        out = shapes.get(node.output[0])
+        if not out or any(d is None for d in out[1:]):
+            continue
+        per_image_outputs = int(np.prod(out[1:]))
+        weight = weights[node.input[1]]
+        if node.op_type == "Conv":
+            total += per_image_outputs * int(np.prod(weight[1:]))
+        else:
+            trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+            total += per_image_outputs * (weight[1] if node.op_type == "Gemm" and trans_b else weight[0])
+    return total
+
+
+def realised_speedups(results: Sequence[BenchResult], baseline: str) -> list[dict[str, Any]]:
+    """Per model and batch size: throughput speed-up over ``baseline``, its MACs reduction, and their
+    ratio, the share of the MACs saving that became speed (1.0: all of it)."""
+    base = {(r.batch_size, r.precision): r for r in results if r.model == baseline}
+    rows = []
+    for result in results:
+        reference = base.get((result.batch_size, result.precision)) or base.get((result.batch_size, "fp32"))
+        if reference is None or not result.macs or not reference.macs:
+            continue
+        speedup = result.throughput / reference.throughput
+        reduction = reference.macs / result.macs
+        rows.append({"model": result.model, "precision": result.precision, "batch_size": result.batch_size,
+                     "speedup": speedup, "macs_reduction": reduction, "realised": speedup / reduction})
+    return rows
+
+
+def realised_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:
+    lines = [f"| model | precision | batch | speed-up vs {baseline} | MACs reduction | realised |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['precision']} | {r['batch_size']} | {r['speedup']:.2f} | {r['macs_reduction']:.2f} | "
+              f"{r['realised']:.2f} |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _open_session(path: Path, providers: list[str], threads: int | None):
@@ -159,13 +231,14 @@ def _time(run: Callable[[], Any], runs: int, warmup: int) -> list[float]:
 
 def results_markdown(results: Sequence[BenchResult]) -> str:
     lines = [
-        "| model | provider | batch | median ms | p90 ms | images/s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | provider | precision | MMACs | batch | median ms | p90 ms | images/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         provider = r.provider.removesuffix("ExecutionProvider")
         lines.append(
-            f"| {r.model} | {provider} | {r.batch_size} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {r.throughput:,.1f} |"
+            f"| {r.model} | {provider} | {r.precision} | {r.macs / 1e6:,.1f} | {r.batch_size} | {r.median_ms:.3f} | "
+            f"{r.p90_ms:.3f} | {r.throughput:,.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -188,12 +261,20 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_benchmark(results: Sequence[BenchResult], json_path: str | os.PathLike, md_path: str | os.PathLike) -> None:
-    """Write the results as JSON (with the environment) and as a markdown table, each atomically."""
+def write_benchmark(
+    results: Sequence[BenchResult],
+    json_path: str | os.PathLike,
+    md_path: str | os.PathLike,
+    realised: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Write the results (and realised speed-ups, if given) as JSON with the environment and as
+    markdown, each atomically."""
     env = environment()
-    payload = {**env, "results": [asdict(r) for r in results]}
+    payload = {**env, "results": [asdict(r) for r in results], "realised": list(realised)}
     atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
     host = env["host"]
     device = env["cuda_device"] or f"{host['processor']}, {host['cpu_count']} CPUs"
     header = f"# ONNX Runtime benchmark\n\n{env['date']}, onnxruntime {env['onnxruntime']}, {device}\n\n"
-    atomic_write_text(md_path, header + results_markdown(results))
+    baseline = next((r["model"] for r in realised if r["speedup"] == 1.0 and r["macs_reduction"] == 1.0), "baseline")
+    realised_table = "\n" + realised_markdown(realised, baseline) if realised else ""
+    atomic_write_text(md_path, header + results_markdown(results) + realised_table)

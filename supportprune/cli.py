@@ -189,20 +189,30 @@ def bench(
     runs: int = typer.Option(50, "--runs", help="timed runs per batch size"),
     warmup: int = typer.Option(10, "--warmup", help="untimed runs first"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when a GPU is present), cuda or cpu"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="model (file stem) to compare with: speed-up, MACs reduction, realised share"),
+    cuda_defaults: bool = typer.Option(False, "--cuda-defaults", help="ONNX Runtime's default CUDA options instead of the tuned ones (exhaustive cuDNN search, NHWC)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write benchmark.json and benchmark.md into this directory"),
 ) -> None:
-    """Benchmark ONNX models with ONNX Runtime: median and p90 latency, throughput."""
-    from supportprune.bench import benchmark_onnx, results_markdown, write_benchmark
+    """Benchmark ONNX models with ONNX Runtime: median and p90 latency, throughput, and speed against MACs.
+
+    fp16 models (exported with export.fp16) are fed fp16 inputs. On a GPU the input is bound on the device."""
+    from supportprune.bench import benchmark_onnx, realised_markdown, realised_speedups, results_markdown, write_benchmark
 
     sizes = _ints(batch_sizes, "--batch-sizes")
     results = []
     for path in models:
-        results += benchmark_onnx(path, name=path.stem, batch_sizes=sizes, runs=runs, warmup=warmup, device=device)
+        results += benchmark_onnx(path, name=path.stem, batch_sizes=sizes, runs=runs, warmup=warmup, device=device,
+                                  cuda_options={} if cuda_defaults else None)
+    if baseline is not None and baseline not in {r.model for r in results}:
+        raise SupportpruneError(f"--baseline {baseline!r} is none of the benchmarked models ({', '.join(p.stem for p in models)})")
+    realised = realised_speedups(results, baseline) if baseline else []
     if results:
         typer.echo(f"ONNX Runtime provider: {results[0].provider}")
     typer.echo(results_markdown(results))
+    if realised:
+        typer.echo(realised_markdown(realised, baseline))
     if out is not None:
-        write_benchmark(results, out / "benchmark.json", out / "benchmark.md")
+        write_benchmark(results, out / "benchmark.json", out / "benchmark.md", realised=realised)
 
 
 def main() -> None:

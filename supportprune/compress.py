@@ -126,8 +126,8 @@ class RunLayout:
     def model_state(self, kind: str) -> Path:
         return self.root / "models" / f"{kind}.pt"
 
-    def onnx(self, kind: str) -> Path:
-        return self.root / f"{kind}.onnx"
+    def onnx(self, kind: str, fp16: bool = False) -> Path:
+        return self.root / (f"{kind}.fp16.onnx" if fp16 else f"{kind}.onnx")
 
 
 def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, restart: bool) -> bool:
@@ -505,17 +505,45 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter) ->
     for kind, model in models.items():
         macs, params = count_macs_params(model, spec.example_input().to(device))
         _, top1 = evaluate(model, val_loader, device)
-        check = export_onnx(
-            export_ready(model).cpu(), layout.onnx(kind), example_input=spec.example_input(),
-            check_input=check_input, tolerance=recipe.export.tolerance, opset=recipe.export.opset,
-        )
-        reporter.message(f"exported {layout.onnx(kind).name}: {params:,} parameters, {macs / 1e6:.1f} MMACs, "
-                         f"top-1 {top1:.2f}%, max |ONNX - PyTorch| {check.max_abs_diff:.2e}")
-        summaries.append(ModelSummary(kind, params, macs, top1, layout.onnx(kind).name, check.max_abs_diff))
-        export_record[kind] = {"path": layout.onnx(kind).name, "max_abs_diff": check.max_abs_diff,
-                               "tolerance": check.tolerance, "check_inputs": check.batch_size}
+        ready = export_ready(model).cpu()
+        for fp16 in (False, True) if recipe.export.fp16 else (False,):
+            path = layout.onnx(kind, fp16)
+            check = export_onnx(ready, path, example_input=spec.example_input(), check_input=check_input,
+                                tolerance=recipe.export.tolerance, opset=recipe.export.opset, fp16=fp16)
+            record = {"path": path.name, "max_abs_diff": check.max_abs_diff, "tolerance": check.tolerance,
+                      "check_inputs": check.batch_size}
+            if fp16:
+                record["top1_agreement_with_fp32"] = top1_agreement(ready, path, val_loader, recipe.export.agreement_images)
+            export_record[path.stem] = record
+            reporter.message(f"exported {path.name}: max |ONNX - PyTorch| {check.max_abs_diff:.2e}" + (
+                f", fp16 top-1 agrees with fp32 on {100 * record['top1_agreement_with_fp32']:.2f}%" if fp16 else ""))
+        reporter.message(f"{kind}: {params:,} parameters, {macs / 1e6:.1f} MMACs, top-1 {top1:.2f}%")
+        summaries.append(ModelSummary(kind, params, macs, top1, layout.onnx(kind).name, export_record[kind]["max_abs_diff"]))
     atomic_write_text(layout.export_json, json.dumps({"models": [asdict(s) for s in summaries], "exports": export_record}, indent=2))
     return summaries
+
+
+def top1_agreement(model: nn.Module, onnx_path: Path, loader, images: int) -> float:
+    """Share of the first ``images`` inputs on which the ONNX model (run by ONNX Runtime on the CPU)
+    picks the class the PyTorch model picks."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_meta = session.get_inputs()[0]
+    dtype = np.float16 if input_meta.type == "tensor(float16)" else np.float32
+    agree = seen = 0
+    model = model.cpu().eval()
+    with torch.no_grad():
+        for batch, _ in loader:
+            batch = batch[: images - seen].cpu()
+            expected = model(batch).argmax(dim=1).numpy()
+            got = session.run(None, {input_meta.name: batch.numpy().astype(dtype)})[0].argmax(axis=1)
+            agree += int((expected == got).sum())
+            seen += len(batch)
+            if seen >= images:
+                break
+    return agree / max(seen, 1)
 
 
 def _check_batch(loader, size: int) -> torch.Tensor:
@@ -528,16 +556,27 @@ def _check_batch(loader, size: int) -> torch.Tensor:
 
 
 def _benchmark(recipe: Recipe, layout: RunLayout, reporter: Reporter) -> list[Any]:
-    from supportprune.bench import benchmark_onnx, gpu_available, results_markdown, write_benchmark
+    from supportprune.bench import (
+        benchmark_onnx,
+        gpu_available,
+        realised_markdown,
+        realised_speedups,
+        results_markdown,
+        write_benchmark,
+    )
 
     batch_sizes = recipe.bench.gpu_batch_sizes if gpu_available() else recipe.bench.batch_sizes
     results = []
-    for kind in MODEL_KINDS:
-        reporter.message(f"benchmarking {kind}.onnx at batch sizes {', '.join(map(str, batch_sizes))}")
-        results += benchmark_onnx(layout.onnx(kind), name=kind, batch_sizes=batch_sizes,
-                                  runs=recipe.bench.runs, warmup=recipe.bench.warmup)
+    for fp16 in (False, True) if recipe.export.fp16 else (False,):
+        for kind in MODEL_KINDS:
+            path = layout.onnx(kind, fp16)
+            reporter.message(f"benchmarking {path.name} at batch sizes {', '.join(map(str, batch_sizes))}")
+            results += benchmark_onnx(path, name=kind, batch_sizes=batch_sizes, runs=recipe.bench.runs,
+                                      warmup=recipe.bench.warmup)
     if results:
         reporter.message(f"ONNX Runtime provider: {results[0].provider}")
-    write_benchmark(results, layout.bench_json, layout.bench_md)
+    realised = realised_speedups(results, "baseline")
+    write_benchmark(results, layout.bench_json, layout.bench_md, realised=realised)
     reporter.message(results_markdown(results))
+    reporter.message(realised_markdown([r for r in realised if r["model"] == "sparse"], "baseline"))
     return results

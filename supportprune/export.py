@@ -49,9 +49,12 @@ def export_onnx(
     check_input: torch.Tensor,
     tolerance: float = 1e-3,
     opset: int = 18,
+    fp16: bool = False,
 ) -> ExportCheck:
     """Export ``model`` (in eval mode, on the CPU) to ``path`` with a dynamic batch axis.
 
+    ``fp16``: weights, input and output in half precision (tensor cores on GPUs); it is checked against
+    the fp32 PyTorch model, with the tolerance raised to fp16's resolution (5e-2 relative) at least.
     Raises SupportpruneError, leaving ``path`` untouched, if the export fails, the model is invalid
     ONNX, or ONNX Runtime's outputs on ``check_input`` differ from PyTorch's by more than
     ``tolerance * max(1, max |torch output|)``.
@@ -62,9 +65,14 @@ def export_onnx(
     with _eval_mode(cpu_model):
         _check_size(cpu_model, name)
         reference = _torch_logits(cpu_model, check_input, name)
-        data = _export_bytes(cpu_model, example_input.detach().cpu(), opset, name)
+        exported = copy.deepcopy(cpu_model).half() if fp16 else cpu_model
+        example = example_input.detach().cpu()
+        data = _export_bytes(exported, example.half() if fp16 else example, opset, name)
     _check_onnx(data, name)
-    max_diff = _max_ort_diff(data, check_input.detach().cpu(), reference, name)
+    check = check_input.detach().cpu()
+    max_diff = _max_ort_diff(data, check.half() if fp16 else check, reference, name)
+    if fp16:
+        tolerance = max(tolerance, 5e-2)
     limit = tolerance * max(1.0, float(reference.abs().max()))
     if not max_diff <= limit:  # also catches NaN
         raise SupportpruneError(

@@ -103,6 +103,8 @@ class ExportConfig:
     opset: int = 18
     tolerance: float = 1e-3
     check_batch: int = 16
+    fp16: bool = False  # also export (and benchmark) half-precision models, <kind>.fp16.onnx
+    agreement_images: int = 1000  # validation images on which fp16 top-1 is compared with fp32
 
 
 @dataclass(frozen=True)

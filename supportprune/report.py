@@ -16,7 +16,8 @@ def summary_table(summaries: Sequence[Any], bench: Sequence[Any]) -> str:
     """Markdown: parameters, MACs, top-1, ORT latency at the smallest batch and throughput at the largest."""
     by_model: dict[str, list[Any]] = {}
     for result in bench:
-        by_model.setdefault(result.model, []).append(result)
+        if result.precision == "fp32":
+            by_model.setdefault(result.model, []).append(result)
     small = min((r.batch_size for r in bench), default=1)
     large = max((r.batch_size for r in bench), default=1)
     base = next((s for s in summaries if s.kind == "baseline"), summaries[0])
@@ -46,7 +47,15 @@ def write_report(layout, model_name, recipe, data_description, summaries, bench,
         plots.append(("Channels kept per support site", _channels_plot(layout, state)))
     except ImportError:  # matplotlib is a dependency, but a report without plots beats no report
         plots = []
+    from supportprune.bench import realised_markdown, realised_speedups, results_markdown
+
     provider = bench[0].provider if bench else "none"
+    realised_table = realised_markdown(realised_speedups(bench, "baseline"), "baseline") if bench else "(no benchmark)\n"
+    has_fp16 = any(r.precision == "fp16" for r in bench)
+    fp16_note = ("; fp16 rows compare with the fp16 baseline, and all results are in the table below"
+                 if has_fp16 else "")
+    if has_fp16:
+        realised_table += "\n" + results_markdown(bench)
     revived = state.revived_channels if state.revived_channels is not None else 0
     alternations = "\n".join(
         f"| {a['epoch']} | {a['relative_threshold']:.4g} | {a['channels_kept']} / {a['channels_total']} | {a['macs'] / 1e6:,.1f} M | {a['observed_batches']} |"
@@ -59,11 +68,17 @@ Wall time {seconds:.0f} s. Recipe: `recipe.yaml`; per-epoch metrics: `metrics.js
 
 {summary_table(summaries, bench)}
 
-ONNX Runtime provider: {provider}. Top-1 is on the validation split. "sparse" is the physically pruned
+ONNX Runtime provider: {provider}. MACs are counted by torch-pruning for one image. Top-1 is on the validation split. "sparse" is the physically pruned
 model (torch-pruning); "dense" is the final DSD model, with the original shape. The largest difference
 between each ONNX model and PyTorch on real inputs is in `export.json`
 ({', '.join(f"{s.kind} {s.max_abs_diff:.1e}" for s in summaries)}).
 
+## Speed against MACs
+
+How much of the MACs saving became throughput (speed-up ÷ MACs reduction, MACs counted from the ONNX
+graphs; 1.0 means all of it){fp16_note}:
+
+{realised_table}
 ## Alternation points (Sparse phase)
 
 Channels whose batch support (Eq. 41, granularity `{recipe.sparse.granularity}`) stayed zero over the

@@ -64,15 +64,15 @@ def test_write_benchmark_json_and_markdown(tiny_onnx, tmp_path):
     assert payload["host"]["cpu_count"] >= 1 and payload["host"]["platform"]
     assert [BenchResult(**r) for r in payload["results"]] == results
     markdown = md_path.read_text()
-    assert markdown.count("| tiny | CPU |") == 2
+    assert markdown.count("| tiny | CPU | fp32 |") == 2
     assert sorted(p.name for p in json_path.parent.iterdir()) == ["bench.json", "bench.md"]  # no temp files
 
 
 def test_results_markdown_table():
-    result = BenchResult("resnet18", "r.onnx", "CUDAExecutionProvider", 64, 50, 2.5, 3.0, 25600.0)
+    result = BenchResult("resnet18", "r.onnx", "CUDAExecutionProvider", 64, 50, 2.5, 3.0, 25600.0, 1_814_000_000, "fp16")
     lines = results_markdown([result]).splitlines()
-    assert lines[0] == "| model | provider | batch | median ms | p90 ms | images/s |"
-    assert lines[2] == "| resnet18 | CUDA | 64 | 2.500 | 3.000 | 25,600.0 |"
+    assert lines[0] == "| model | provider | precision | MMACs | batch | median ms | p90 ms | images/s |"
+    assert lines[2] == "| resnet18 | CUDA | fp16 | 1,814.0 | 64 | 2.500 | 3.000 | 25,600.0 |"
 
 
 def test_select_providers(monkeypatch):
@@ -94,3 +94,48 @@ def test_corrupt_or_missing_model_names_the_file(tmp_path):
         benchmark_onnx(corrupt, device="cpu", runs=1)
     with pytest.raises(SupportpruneError, match="missing.onnx does not exist"):
         benchmark_onnx(tmp_path / "missing.onnx", device="cpu", runs=1)
+
+
+def test_onnx_macs_counts_convolutions_and_matrix_products_by_hand(tmp_path):
+    from supportprune.export import export_onnx
+    from tiny_models import BiasFreeChain
+
+    model = BiasFreeChain().eval()
+    path = tmp_path / "chain.onnx"
+    x = torch.randn(2, 1, 8, 8)
+    export_onnx(model, path, example_input=x, check_input=x)
+    # conv1 1→6 and conv2 6→5 (3×3) on 8×8, then a 320→3 linear layer.
+    assert bench.onnx_macs(path) == 64 * 6 * 9 + 64 * 5 * 6 * 9 + 320 * 3
+
+
+def _result(model, batch, throughput, macs, precision="fp32"):
+    return BenchResult(model, f"{model}.onnx", "CPUExecutionProvider", batch, 10, 1.0, 1.0, throughput, macs, precision)
+
+
+def test_realised_speedup_is_speedup_over_macs_reduction():
+    results = [_result("baseline", 64, 1000.0, 400), _result("sparse", 64, 1500.0, 100),
+               _result("baseline", 64, 3000.0, 400, "fp16"), _result("sparse", 64, 6000.0, 100, "fp16")]
+    rows = {(r["model"], r["precision"]): r for r in bench.realised_speedups(results, "baseline")}
+    assert rows[("sparse", "fp32")] == pytest.approx(
+        {"model": "sparse", "precision": "fp32", "batch_size": 64, "speedup": 1.5, "macs_reduction": 4.0, "realised": 0.375})
+    assert rows[("sparse", "fp16")]["speedup"] == pytest.approx(2.0)  # against the fp16 baseline
+    assert rows[("baseline", "fp32")]["realised"] == pytest.approx(1.0)
+    assert "| sparse | fp32 | 64 | 1.50 | 4.00 | 0.38 |" in bench.realised_markdown(list(rows.values()), "baseline")
+
+
+def test_tuned_cuda_options_are_passed_only_with_a_gpu(tiny_onnx, monkeypatch):
+    seen = {}
+    real_open = bench._open_session
+
+    def spy(path, providers, threads):
+        seen["providers"] = providers
+        return real_open(path, ["CPUExecutionProvider"], threads)
+
+    monkeypatch.setattr(bench, "_open_session", spy)
+    benchmark_onnx(tiny_onnx, batch_sizes=[1], runs=1, warmup=0, device="cpu")
+    assert seen["providers"] == ["CPUExecutionProvider"]
+    monkeypatch.setattr(bench, "select_providers", lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    benchmark_onnx(tiny_onnx, batch_sizes=[1], runs=1, warmup=0, device="auto")
+    assert seen["providers"][0] == ("CUDAExecutionProvider", bench.TUNED_CUDA_OPTIONS)
+    benchmark_onnx(tiny_onnx, batch_sizes=[1], runs=1, warmup=0, device="auto", cuda_options={})
+    assert seen["providers"][0] == ("CUDAExecutionProvider", {})

@@ -399,3 +399,31 @@ def test_lazy_resize_matches_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     lazy = load_data(f"fashion-mnist:{tmp_path}", input_size=40, **GRAY)
     assert lazy.train.images is None
     torch.testing.assert_close(lazy.train[3][0], eager.train[3][0])
+
+
+def test_global_batches_split_over_ranks_and_resume_mid_epoch():
+    from supportprune.data import GlobalBatchSampler
+
+    single = GlobalBatchSampler(50, 8, seed=4)
+    ranks = [GlobalBatchSampler(50, 8, seed=4, rank=r, world_size=2) for r in range(2)]
+    for sampler in [single, *ranks]:
+        sampler.set_epoch(3)
+    assert len(single) == 6 and all(len(batch) == 8 for batch in single)
+    for global_batch, *shares in zip(single, *ranks):
+        assert [i for share in shares for i in share] == global_batch  # rank slices concatenate to the batch
+    resumed = GlobalBatchSampler(50, 8, seed=4)
+    resumed.set_epoch(3, start_step=4)
+    assert list(resumed) == list(single)[4:]
+    other_epoch = GlobalBatchSampler(50, 8, seed=4)
+    other_epoch.set_epoch(4)
+    assert list(other_epoch) != list(single)
+
+
+def test_augmentation_of_an_item_does_not_depend_on_loading_order():
+    splits = load_data("embedded", input_size=16, mean=[0.286], std=[0.353], augment=True)
+    splits.train.reseed(11)
+    forward = [splits.train[i][0] for i in (3, 7, 9)]
+    backward = [splits.train[i][0] for i in (9, 7, 3)][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(forward, backward))
+    splits.train.reseed(12)
+    assert not all(torch.equal(a, splits.train[i][0]) for a, i in zip(forward, (3, 7, 9)))

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from supportprune import dsd  # noqa: E402
-from supportprune.bench import benchmark_onnx, environment  # noqa: E402
+from supportprune.bench import TUNED_CUDA_OPTIONS, benchmark_onnx, environment  # noqa: E402
 from supportprune.export import export_onnx  # noqa: E402
 from supportprune.models import ModelSpec, build_model  # noqa: E402
 from supportprune.pruning import count_macs_params  # noqa: E402
@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="auto", help="ONNX Runtime device: auto, cuda, cpu")
+    parser.add_argument("--precisions", default="fp32", help="fp32, fp16 or both (comma-separated)")
+    parser.add_argument("--cuda-defaults", action="store_true", help="ORT's default CUDA options instead of the tuned ones")
     parser.add_argument("--out", type=Path, default=None, help="markdown results file to write")
     args = parser.parse_args()
 
@@ -68,41 +70,53 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     variants = [(1.0, 1)] + [(float(t), int(r)) for t in args.targets.split(",") for r in args.round_to.split(",")]
 
+    precisions = args.precisions.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for target, round_to in variants:
             model = build_model(spec).eval()
-            pruned = pruned_variant(model, example, target, round_to, calibration)
-            macs, params = count_macs_params(pruned, example)
-            path = Path(tmp) / f"{args.model}-{target}-{round_to}.onnx"
-            export_onnx(export_ready(pruned), path, example_input=example, check_input=check, tolerance=1e-2)
-            results = benchmark_onnx(path, name=path.stem, batch_sizes=batch_sizes, runs=args.runs,
-                                     warmup=args.warmup, device=args.device)
-            rows.append((target, round_to, macs, params, results))
-            print(f"{path.stem}: {macs / 1e9:.3f} GMACs, " + ", ".join(
-                f"batch {r.batch_size}: {r.throughput:,.0f} img/s" for r in results), flush=True)
+            pruned = export_ready(pruned_variant(model, example, target, round_to, calibration))
+            for precision in precisions:
+                path = Path(tmp) / f"{args.model}-{target}-{round_to}-{precision}.onnx"
+                export_onnx(pruned, path, example_input=example, check_input=check, tolerance=1e-2,
+                            fp16=precision == "fp16")
+                results = benchmark_onnx(path, name=f"{target}-{round_to}", batch_sizes=batch_sizes, runs=args.runs,
+                                         warmup=args.warmup, device=args.device,
+                                         cuda_options={} if args.cuda_defaults else None)
+                rows.append((target, round_to, precision, results))
+                print(f"{path.stem}: {results[0].macs / 1e9:.3f} GMACs, " + ", ".join(
+                    f"batch {r.batch_size}: {r.throughput:,.0f} img/s" for r in results), flush=True)
 
-    base_macs, base_results = rows[0][2], {r.batch_size: r for r in rows[0][4]}
-    header = "| MACs target | round_to | GMACs | MACs reduction | " + " | ".join(
+    reference = {(p, r.batch_size): r for t, _, p, results in rows if t >= 1.0 for r in results}
+    fp32_dense = {b: reference[("fp32", b)] for b in batch_sizes if ("fp32", b) in reference}
+    header = "| precision | MACs target | round_to | GMACs | MACs reduction | " + " | ".join(
         f"batch {b}: images/s | speed-up | realised" for b in batch_sizes) + " |"
-    lines = [header, "|" + "---|" * (4 + 3 * len(batch_sizes))]
-    for target, round_to, macs, params, results in rows:
-        reduction = base_macs / macs
+    lines = [header, "|" + "---|" * (5 + 3 * len(batch_sizes))]
+    for target, round_to, precision, results in rows:
+        base = reference[(precision, results[0].batch_size)]
+        reduction = base.macs / results[0].macs
         cells = []
         for result in results:
-            speedup = result.throughput / base_results[result.batch_size].throughput
+            speedup = result.throughput / reference[(precision, result.batch_size)].throughput
             cells += [f"{result.throughput:,.0f}", f"{speedup:.2f}", f"{speedup / reduction:.2f}"]
         label = "none (dense)" if target >= 1.0 else f"{target:g}"
-        lines.append(f"| {label} | {round_to} | {macs / 1e9:.3f} | {reduction:.2f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {precision} | {label} | {round_to} | {results[0].macs / 1e9:.3f} | {reduction:.2f} | "
+                     + " | ".join(cells) + " |")
+    if "fp16" in precisions and fp32_dense:
+        lines.append("")
+        lines.append("Dense fp16 over dense fp32: " + ", ".join(
+            f"batch {b}: {reference[('fp16', b)].throughput / fp32_dense[b].throughput:.2f}×" for b in fp32_dense))
     env = environment()
-    provider = rows[0][4][0].provider
+    provider = rows[0][3][0].provider
+    options = "ORT default CUDA options" if args.cuda_defaults else f"tuned CUDA options {TUNED_CUDA_OPTIONS}"
     text = (
         f"# {args.model}: support-pruned vs dense, ONNX Runtime ({provider})\n\n"
         f"Date {datetime.now(timezone.utc):%Y-%m-%d}; device: {env.get('cuda_device') or env['host']['processor'] + ', ' + str(env['host']['cpu_count']) + ' CPUs'}; "
-        f"onnxruntime {env.get('onnxruntime')}; input {args.channels}×{args.input_size}×{args.input_size}, fp32; "
-        f"median of {args.runs} runs after {args.warmup} warm-up.\n"
+        f"onnxruntime {env.get('onnxruntime')}; input {args.channels}×{args.input_size}×{args.input_size}; "
+        f"median of {args.runs} runs after {args.warmup} warm-up" + (f"; {options}" if provider.startswith("CUDA") else "") + ".\n"
         f"Command: `python tools/bench_pruned.py {' '.join(sys.argv[1:])}`\n\n"
-        "'realised' = throughput speed-up ÷ MACs reduction (1.0: the MACs saving fully turned into speed).\n\n"
+        "Speed-ups are against the dense model of the same precision. 'realised' = speed-up ÷ MACs reduction "
+        "(1.0: the MACs saving fully turned into speed).\n\n"
         + "\n".join(lines) + "\n"
     )
     print(text)
