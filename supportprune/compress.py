@@ -256,6 +256,8 @@ class _Run:
         )
         self.spec = ModelSpec(self.model_name, self.data.num_classes, self.data.channels, recipe.data.input_size)
         self.model = convert_relus(build_model(self.spec, recipe.weights), self.spec.example_input()).to(self.device)
+        if recipe.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         set_site_mode(self.model, "threshold", global_supports=cluster.distributed)
         self.example = self.spec.example_input().to(self.device)
         self.baseline_macs, _ = count_macs_params(self.model, self.example)
@@ -311,6 +313,8 @@ class _Run:
             self.state.revived_channels = dsd.redense(self.model, self.example)
             self.reporter.message(f"re-dense: {self.state.revived_channels} pruned channels back, initialised to zero")
         trained = DistributedDataParallel(self.model) if self.cluster.distributed else self.model
+        if self.recipe.compile:
+            trained = torch.compile(trained)
         optimizer = make_optimizer(self.model, config)
         steps = self.train_loader.batch_sampler.steps_per_epoch()
         steps = steps if self.max_steps is None else min(steps, self.max_steps)
@@ -350,6 +354,7 @@ class _Run:
             progress = train_epoch(
                 trained, self.train_loader, optimizer, scheduler, self.device, progress=progress,
                 max_steps=self.max_steps, stop_after=stop_after,
+                bf16=recipe.precision == "bf16", channels_last=recipe.channels_last,
                 on_step=lambda step, loss, top1: reporter.advance(step, loss=loss, top1=top1),
             )
             self._check_finite()

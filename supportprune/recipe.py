@@ -127,6 +127,9 @@ class Recipe:
     weights: Optional[str] = None  # torchvision weights name or a file; None: random initialisation
     seed: int = 0
     checkpoint_every_steps: int = 0  # also checkpoint inside epochs every K steps (0: at epoch ends only)
+    precision: str = "fp32"  # training arithmetic: fp32, or bf16 autocast
+    channels_last: bool = False  # NHWC activations: faster convolutions on GPUs
+    compile: bool = False  # torch.compile the training step
     data: DataConfig = field(default_factory=DataConfig)
     dense: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=0.1))
     sparse: SparseConfig = field(default_factory=SparseConfig)
@@ -135,6 +138,8 @@ class Recipe:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision: must be fp32 or bf16, got {self.precision!r}")
         if self.checkpoint_every_steps < 0:
             raise ValueError("checkpoint_every_steps: must be >= 0")
         if self.version != RECIPE_VERSION:

@@ -102,17 +102,24 @@ def train_epoch(
     on_step: Optional[StepListener] = None,
     max_steps: Optional[int] = None,
     stop_after: Optional[Callable[[EpochProgress], bool]] = None,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> EpochProgress:
     """SGD over ``loader`` (continuing ``progress`` when an epoch resumes). Stops early when
-    ``stop_after(progress)`` says so after a step. Raises ``DivergedError`` on a non-finite loss."""
+    ``stop_after(progress)`` says so after a step. Raises ``DivergedError`` on a non-finite loss.
+    ``bf16``: forward under bfloat16 autocast; ``channels_last``: NHWC inputs (the model is expected
+    to be converted by the caller)."""
     progress = progress or EpochProgress()
     model.train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for images, labels in loader:
         if max_steps is not None and progress.step >= max_steps:
             break
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels)
         if not torch.isfinite(loss):
             raise DivergedError(f"the loss became {loss.item()} at step {progress.step + 1}")
         optimizer.zero_grad(set_to_none=True)
