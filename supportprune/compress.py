@@ -291,6 +291,8 @@ class _Run:
         self.model.load_state_dict(saved["model"])
         self.state = RunState(**saved["run"])
         torch.set_rng_state(saved["rng"]["torch"])
+        if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         if self.state.phase_index < len(PHASES):
             where = f"{PHASES[self.state.phase_index]} epoch {self.state.epoch + 1}"
             if self.state.step:
@@ -440,7 +442,8 @@ def _save(layout: RunLayout, model: nn.Module, optimizer, scheduler, state: RunS
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "run": asdict(state),
-        "rng": {"torch": torch.get_rng_state()},
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     })
     lines = "".join(json.dumps(record) + "\n" for record in state.metrics)
     atomic_write_text(layout.metrics, lines)
