@@ -215,6 +215,23 @@ def bench(
         write_benchmark(results, out / "benchmark.json", out / "benchmark.md", realised=realised)
 
 
+@app.command()
+@friendly_errors
+def theory(
+    quick: bool = typer.Option(False, "--quick", help="small sweeps (seconds), for smoke tests"),
+    out: Path = typer.Option(Path("results/theory"), "--out", "-o", help="directory for report.md and the plots"),
+    seed: int = typer.Option(0, "--seed", help="random seed of every experiment"),
+) -> None:
+    """Check the paper's title claim on small networks: fixed-support linearity (Eq. 14–19), Theorem 1's RIP condition and global optimum vs gradient descent, and Tian's population gradient."""
+    from supportprune.theory.report import run_theory
+
+    if out.exists() and not out.is_dir():
+        raise SupportpruneError(f"--out {out} exists and is not a directory")
+    reporter = RichReporter()
+    report = run_theory(out, quick=quick, seed=seed, message=reporter.message)
+    reporter.message(f"done: {report}")
+
+
 def main() -> None:
     app()
 
