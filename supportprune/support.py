@@ -89,6 +89,39 @@ def channel_max(values: Tensor) -> Tensor:
     return values if values.dim() == 1 else values.flatten(1).amax(dim=1)
 
 
+class _OutputSavingThreshold(torch.autograd.Function):
+    """out = where(q > t, q, 0) for a constant threshold t ≥ 0 (no gradient); backward is ReLU's:
+    grad·[out > 0], from the saved output alone."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, t: Tensor) -> Tensor:
+        out = torch.where(q > t, q, 0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
+
+
+class _EagerOutput(torch.autograd.Function):
+    """A site's output computed by ``compute(q)`` in eager kernels (``SupportSite._eager_batch_output``,
+    ``_eager_threshold_output``), equal to where(q > t, q, 0) for a constant t ≥ 0; backward as
+    ``_OutputSavingThreshold``."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, compute) -> Tensor:
+        out = compute(q)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
+
+
 class SupportSite(nn.Module):
     """One ReLU call site, turned into η* with a per-channel threshold β and a support of its own.
 
@@ -124,7 +157,20 @@ class SupportSite(nn.Module):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, mode={self.mode}, granularity={self.granularity}"
 
+    # The fused forward path (default). ``SupportSite.fused = False`` (on the class or one instance)
+    # selects the reference path below, kept for tests and benchmarks.
+    fused: bool = True
+
     def forward(self, q: Tensor) -> Tensor:
+        if self.mode == "fixed" or not self.fused:
+            return self._forward_reference(q)
+        if self.mode == "batch" and self.training:
+            return self._forward_batch_fused(q)
+        return self._forward_threshold_fused(q)
+
+    def _forward_reference(self, q: Tensor) -> Tensor:
+        """The plain implementation: η*, then × keep, then × the batch mask (three elementwise passes,
+        each saved by autograd). The fused path computes exactly this."""
         keep = _per_channel(self.keep.to(q.dtype), q)
         if self.mode == "fixed":
             if self.fixed_support is None:
@@ -144,6 +190,104 @@ class SupportSite(nn.Module):
             if self.granularity == "channel":
                 mask = mask.view((-1,) + (1,) * (q.dim() - 2))
         return activation * mask.to(q.dtype)
+
+    # --- fused path -------------------------------------------------------------------------------
+    # β ≥ 0 is assumed everywhere below (positive hard-thresholding, Eq. 9; β = 0 is ReLU): then
+    # out = η*(q; β)·keep·mask is nonzero exactly where the unit passes, so the input gradient is
+    # grad·[out > 0], ReLU's backward on the saved output. Nothing else is saved for backward. The
+    # batch mask is a constant of the batch (no gradient through its selection), as in the reference.
+
+    def _folded_threshold(self, q: Tensor, mask: Tensor | None = None) -> Tensor:
+        """β where the unit is kept (and, with ``mask``, in the batch support), +inf elsewhere, in
+        q's dtype and broadcastable against q: one ``where(q > t, q, 0)`` then applies η*, keep and
+        the mask at once. ``mask`` is per unit (element: x.shape[1:]) or per channel (channel: (C,))."""
+        live = self.keep > 0
+        beta = self.beta
+        if mask is not None:
+            if mask.dim() == 1 or q.dim() == 2:
+                live = live & mask
+            else:  # element granularity of a (N, C, ...) site: one threshold per unit
+                live = _per_channel(live, mask.unsqueeze(0)).squeeze(0) & mask
+                beta = _per_channel(beta, mask.unsqueeze(0)).squeeze(0)
+        t = torch.where(live, beta, torch.full((), float("inf"), dtype=beta.dtype, device=beta.device))
+        t = t.to(q.dtype)
+        return _per_channel(t, q) if t.dim() == 1 else t
+
+    def _beta_is_zero(self) -> bool:
+        """Whether β = 0 at every channel (η* is ReLU), cached until β changes in place or is replaced.
+        Eager only: the check synchronises once per change of β, never per step."""
+        key = (id(self.beta), self.beta._version, self.beta.device)
+        if getattr(self, "_beta_zero_key", None) != key:
+            self._beta_zero = bool((self.beta == 0).all())
+            self._beta_zero_key = key
+        return self._beta_zero
+
+    def _eager_activation(self, q: Tensor, scale: Tensor | None = None) -> Tensor:
+        """η*(q; β)·scale in eager kernels: ReLU (fast everywhere) when β = 0, else the folded-threshold
+        ``where``; ``scale`` (keep, or keep·mask: 0/1 per channel, broadcast shape) multiplied in place."""
+        if self._beta_is_zero():
+            out = torch.relu(q)
+            return out if scale is None else out.mul_(scale)
+        out = torch.where(q > self._folded_threshold(q), q, 0)
+        return out if scale is None else out.mul_(scale)
+
+    def _forward_threshold_fused(self, q: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            t = self._folded_threshold(q)
+            if torch.is_grad_enabled() and q.requires_grad:
+                return _OutputSavingThreshold.apply(q, t)
+            return torch.where(q > t, q, 0)
+        if torch.is_grad_enabled() and q.requires_grad:
+            return _EagerOutput.apply(q, self._eager_threshold_output)
+        with torch.no_grad():
+            return self._eager_threshold_output(q)
+
+    def _eager_threshold_output(self, q: Tensor) -> Tensor:
+        return self._eager_activation(q, _per_channel(self.keep.to(q.dtype), q))
+
+    def _energy_dims(self, q: Tensor) -> tuple[int, ...]:
+        if self.granularity == "channel":
+            return (0,) + tuple(range(2, q.dim()))
+        return (0,)
+
+    def _batch_mask(self, energy: Tensor) -> Tensor:
+        """Eq. 41 on the unit energies (all-reduced first for global supports); records statistics."""
+        if self.global_supports:  # data-parallel: the energy of the global batch, same mask on every rank
+            torch.distributed.all_reduce(energy)
+        relative = relative_energy(energy, self.keep)
+        mask = relative > self.relative_threshold  # Eq. 41
+        if self.record_stats:
+            self._record(energy, relative, mask)
+        return mask
+
+    def _forward_batch_fused(self, q: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            # Written for Inductor: the energy becomes one reduction that reads q (fp32 accumulation,
+            # no temporary), the output one elementwise pass, the rest a few tiny kernels.
+            with torch.no_grad():
+                activation = torch.where(q > self._folded_threshold(q), q, 0).float()
+                energy = (activation * activation).sum(dim=self._energy_dims(q))
+                t = self._folded_threshold(q, self._batch_mask(energy))
+            if torch.is_grad_enabled() and q.requires_grad:
+                return _OutputSavingThreshold.apply(q, t)
+            return torch.where(q > t, q, 0)
+        if torch.is_grad_enabled() and q.requires_grad:
+            return _EagerOutput.apply(q, self._eager_batch_output)
+        with torch.no_grad():
+            return self._eager_batch_output(q)
+
+    def _eager_batch_output(self, q: Tensor) -> Tensor:
+        """Eager kernels, fewest passes over memory: η* written once (ReLU's kernel when β = 0), its
+        energy by one fp32-accumulating reduction (``vector_norm`` reads it without a squared
+        temporary; × keep removes pruned channels), then keep·mask multiplied in place."""
+        activation = self._eager_activation(q)
+        energy = torch.linalg.vector_norm(activation, 2, dim=self._energy_dims(q), dtype=torch.float32).square_()
+        keep = self.keep if energy.dim() == 1 else _per_channel(self.keep, energy.unsqueeze(0)).squeeze(0)
+        mask = self._batch_mask(energy.mul_(keep))
+        scale = mask & (keep > 0)
+        if self.granularity == "channel":
+            scale = scale.view((-1,) + (1,) * (q.dim() - 2))
+        return activation.mul_(scale.to(q.dtype))
 
     @torch.no_grad()
     def _record(self, energy: Tensor, relative: Tensor, mask: Tensor) -> None:
