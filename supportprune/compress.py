@@ -316,6 +316,10 @@ class _Run:
             self.reporter.message(f"re-dense: {self.state.revived_channels} pruned channels back, initialised to zero")
         trained = DistributedDataParallel(self.model) if self.cluster.distributed else self.model
         if self.recipe.compile:
+            # Measured on an H100 (benchmarks/results/2026-11-23-h100-gpu-speed.md): under torch.compile the plain
+            # tensor-op site lets inductor fuse more than the fused path's custom autograd functions do.
+            for _, site in support_sites(self.model):
+                site.fused = False
             trained = torch.compile(trained)
         optimizer = make_optimizer(self.model, config)
         steps = self.train_loader.batch_sampler.steps_per_epoch()
