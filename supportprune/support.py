@@ -231,16 +231,25 @@ class SupportSite(nn.Module):
         out = torch.where(q > self._folded_threshold(q), q, 0)
         return out if scale is None else out.mul_(scale)
 
+    @staticmethod
+    def _compiled_output(q: Tensor, threshold: Tensor) -> Tensor:
+        """where(q > t, q, 0), with ReLU's backward (only the output saved) when a gradient is needed."""
+        if torch.is_grad_enabled() and q.requires_grad:
+            return _OutputSavingThreshold.apply(q, threshold)
+        return torch.where(q > threshold, q, 0)
+
+    @staticmethod
+    def _eager_output(q: Tensor, compute) -> Tensor:
+        """``compute(q)`` without autograd recording its passes; ReLU's backward on its output."""
+        if torch.is_grad_enabled() and q.requires_grad:
+            return _EagerOutput.apply(q, compute)
+        with torch.no_grad():
+            return compute(q)
+
     def _forward_threshold_fused(self, q: Tensor) -> Tensor:
         if torch.compiler.is_compiling():
-            t = self._folded_threshold(q)
-            if torch.is_grad_enabled() and q.requires_grad:
-                return _OutputSavingThreshold.apply(q, t)
-            return torch.where(q > t, q, 0)
-        if torch.is_grad_enabled() and q.requires_grad:
-            return _EagerOutput.apply(q, self._eager_threshold_output)
-        with torch.no_grad():
-            return self._eager_threshold_output(q)
+            return self._compiled_output(q, self._folded_threshold(q))
+        return self._eager_output(q, self._eager_threshold_output)
 
     def _eager_threshold_output(self, q: Tensor) -> Tensor:
         return self._eager_activation(q, _per_channel(self.keep.to(q.dtype), q))
@@ -267,14 +276,9 @@ class SupportSite(nn.Module):
             with torch.no_grad():
                 activation = torch.where(q > self._folded_threshold(q), q, 0).float()
                 energy = (activation * activation).sum(dim=self._energy_dims(q))
-                t = self._folded_threshold(q, self._batch_mask(energy))
-            if torch.is_grad_enabled() and q.requires_grad:
-                return _OutputSavingThreshold.apply(q, t)
-            return torch.where(q > t, q, 0)
-        if torch.is_grad_enabled() and q.requires_grad:
-            return _EagerOutput.apply(q, self._eager_batch_output)
-        with torch.no_grad():
-            return self._eager_batch_output(q)
+                threshold = self._folded_threshold(q, self._batch_mask(energy))
+            return self._compiled_output(q, threshold)
+        return self._eager_output(q, self._eager_batch_output)
 
     def _eager_batch_output(self, q: Tensor) -> Tensor:
         """Eager kernels, fewest passes over memory: η* written once (ReLU's kernel when β = 0), its
