@@ -22,11 +22,11 @@ from torch.nn.parallel import DistributedDataParallel
 from supportprune import __version__, dsd
 from supportprune.atomic import atomic_write_text
 from supportprune.checkpoint import load_latest, save_checkpoint
-from supportprune.data import DataSplits, load_data, make_loaders, reseed_epoch
+from supportprune.data import load_data, make_loaders, reseed_epoch
 from supportprune.errors import SupportpruneError
 from supportprune.models import ModelSpec, build_model
 from supportprune.pruning import count_macs_params
-from supportprune.recipe import PhaseConfig, Recipe, recipe_from_dict
+from supportprune.recipe import PhaseConfig, Recipe
 from supportprune.distributed import cluster_device, init_cluster, shutdown_cluster
 from supportprune.support import (
     convert_relus,
@@ -255,6 +255,9 @@ class _Run:
             rank=cluster.rank, world_size=cluster.world_size,
         )
         self.spec = ModelSpec(self.model_name, self.data.num_classes, self.data.channels, recipe.data.input_size)
+        if cluster.is_main:  # what `supportprune export` needs to rebuild the models
+            info = {**json.loads(self.layout.run_info.read_text()), "spec": asdict(self.spec)}
+            atomic_write_text(self.layout.run_info, json.dumps(info, indent=2))
         self.model = convert_relus(build_model(self.spec, recipe.weights), self.spec.example_input()).to(self.device)
         if recipe.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -481,12 +484,9 @@ def load_run_models(layout: RunLayout, device: torch.device | str = "cpu") -> tu
     if not layout.run_info.exists() or not layout.recipe.exists():
         raise SupportpruneError(f"{layout.root} is not a supportprune run directory (no run.json / recipe.yaml)")
     info = json.loads(layout.run_info.read_text())
-    import yaml
-
-    recipe = recipe_from_dict(yaml.safe_load(layout.recipe.read_text()), str(layout.recipe))
-    spec = ModelSpec(**info["spec"]) if "spec" in info else None
-    if spec is None:
+    if "spec" not in info:
         raise SupportpruneError(f"{layout.run_info} has no model spec: the run never got past loading; run compress again")
+    spec = ModelSpec(**info["spec"])
     models = {}
     for kind in MODEL_KINDS:
         path = layout.model_state(kind)
@@ -497,14 +497,10 @@ def load_run_models(layout: RunLayout, device: torch.device | str = "cpu") -> tu
         if kind == "sparse":
             model = dsd.build_sparse_model(model, spec.example_input())
         models[kind] = model.to(device).eval()
-    del recipe
     return spec, models
 
 
 def _finish(spec, recipe, layout, val_loader, device, reporter) -> list[ModelSummary]:
-    info = json.loads(layout.run_info.read_text())
-    info["spec"] = asdict(spec)
-    atomic_write_text(layout.run_info, json.dumps(info, indent=2))
     _, models = load_run_models(layout, device)
     return export_models(spec, models, recipe, layout, val_loader, device, reporter)
 

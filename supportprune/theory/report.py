@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import platform
-import sys
 import time
 from pathlib import Path
 
