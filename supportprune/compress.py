@@ -233,7 +233,7 @@ class _Run:
             try:
                 resuming = prepare_run_dir(self.layout, recipe, self.model_name, self.restart)
                 atomic_write_text(self.layout.recipe, recipe.to_yaml())
-                atomic_write_text(self.layout.run_info, json.dumps(_run_info(self.model_name, recipe), indent=2))
+                atomic_write_text(self.layout.run_info, json.dumps(_run_info(self.model_name), indent=2))
                 outcome = ("ok", resuming)
             except SupportpruneError as error:
                 outcome = ("error", str(error))
@@ -460,7 +460,7 @@ def _save_model_state(path: Path, model: nn.Module) -> None:
     save_checkpoint(path, {"model": {k: v.cpu() for k, v in model.state_dict().items()}})
 
 
-def _run_info(model_name: str, recipe: Recipe) -> dict[str, Any]:
+def _run_info(model_name: str) -> dict[str, Any]:
     import torchvision
 
     return {
