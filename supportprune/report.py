@@ -82,9 +82,11 @@ graphs; 1.0 means all of it){fp16_note}:
 ## Alternation points (Sparse phase)
 
 Channels whose batch support (Eq. 41, granularity `{recipe.sparse.granularity}`) stayed zero over the
-batches observed since the previous point are pruned.
+batches observed since the previous point are pruned; a channel of a residual stream or concatenation only when
+every site it passes through lost it. With a MACs target the pruning threshold is searched (the training masks
+keep the recipe's `relative_threshold`, {recipe.sparse.relative_threshold:g}).
 
-| after sparse epoch | relative threshold | channels kept | MACs | batches observed |
+| after sparse epoch | pruning threshold (× mean unit energy) | site channels kept | MACs | batches observed |
 |---:|---:|---:|---:|---:|
 {alternations}
 
