@@ -105,21 +105,15 @@ class _OutputSavingThreshold(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
-class _EagerOutput(torch.autograd.Function):
+class _EagerOutput(_OutputSavingThreshold):
     """A site's output computed by ``compute(q)`` in eager kernels (``SupportSite._eager_batch_output``,
-    ``_eager_threshold_output``), equal to where(q > t, q, 0) for a constant t ≥ 0; backward as
-    ``_OutputSavingThreshold``."""
+    ``_eager_threshold_output``), equal to where(q > t, q, 0) for a constant t ≥ 0; the same backward."""
 
     @staticmethod
     def forward(ctx, q: Tensor, compute) -> Tensor:
         out = compute(q)
         ctx.save_for_backward(out)
         return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (out,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
 class SupportSite(nn.Module):
