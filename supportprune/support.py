@@ -174,13 +174,7 @@ class SupportSite(nn.Module):
         if self.mode != "batch" or not self.training:
             return activation
         with torch.no_grad():
-            energy = batch_unit_energy(activation, self.granularity)
-            if self.global_supports:  # data-parallel: the energy of the global batch, same mask on every rank
-                torch.distributed.all_reduce(energy)
-            relative = relative_energy(energy, self.keep)
-            mask = relative > self.relative_threshold  # Eq. 41
-            if self.record_stats:
-                self._record(energy, relative, mask)
+            mask = self._batch_mask(batch_unit_energy(activation, self.granularity))
             if self.granularity == "channel":
                 mask = mask.view((-1,) + (1,) * (q.dim() - 2))
         return activation * mask.to(q.dtype)
