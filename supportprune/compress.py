@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,22 +171,15 @@ class _StopRequests:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopRequests":
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for number in (signal.SIGINT, signal.SIGTERM):
                 self._previous[number] = signal.signal(number, self._request)
         return self
 
     def _request(self, number, frame) -> None:
-        import signal
-
         self.signal_name = signal.Signals(number).name
 
     def __exit__(self, *exc) -> None:
-        import signal
-
         for number, handler in self._previous.items():
             signal.signal(number, handler)
 
