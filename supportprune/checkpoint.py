@@ -31,6 +31,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` starts like a file written by ``save_checkpoint``."""
+    with open(path, "rb") as handle:
+        return handle.read(len(_MAGIC)) == _MAGIC
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     data = Path(path).read_bytes()
     header_end = len(_MAGIC) + 65

@@ -113,6 +113,8 @@ def compress(
     relative_threshold: Optional[float] = typer.Option(None, "--relative-threshold", help="Eq. 41's β as a multiple of each site's mean unit energy"),
     target_macs: Optional[float] = typer.Option(None, "--target-macs", help="fraction of baseline MACs to keep; the threshold is searched to meet it"),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="keep channel counts multiples of this"),
+    criterion: Optional[str] = typer.Option(None, "--criterion", help="what prunes in the Sparse step: support (the paper), or a baseline: magnitude (DSD), l1, l2, random (channels, at --target-macs)"),
+    sparse_alternation: Optional[str] = typer.Option(None, "--sparse-alternation", help="support criterion: batch (B-alternation) or instance (I-alternation)"),
     restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
@@ -126,6 +128,7 @@ def compress(
         "data.channels": channels, "data.mean": _floats(mean, "--mean"), "data.std": _floats(std, "--std"),
         "data.batch_size": batch_size, "sparse.granularity": granularity,
         "sparse.relative_threshold": relative_threshold, "sparse.target_macs": target_macs, "sparse.round_to": round_to,
+        "sparse.criterion": criterion, "sparse.alternation": sparse_alternation,
     }
     resolved = with_overrides(load_recipe(recipe_path), overrides, f"{recipe_path} with command-line options")
     out_dir = out or Path("runs") / model.replace(":", "_").replace("/", "_")
@@ -133,6 +136,76 @@ def compress(
     reporter.message(f"supportprune compress {model}: recipe {recipe_path}, output {out_dir}")
     result = run_compress(model, resolved, out_dir, device=device, restart=restart, reporter=reporter, max_steps_per_epoch=max_steps)
     reporter.message(f"done in {result.seconds:.0f} s: {result.out_dir}/report.md")
+
+
+@app.command("train")
+@friendly_errors
+def train_command(
+    model: str = typer.Argument(..., help="torchvision model name or package.module:factory"),
+    alternation: Optional[str] = typer.Option(None, "--alternation", "-a", help="none (SGD, ReLU), instance (I-alternation, Eq. 36–38) or batch (B-alternation, Eq. 39–41); default: the recipe's"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe file or shipped recipe name (its train section)"),
+    data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagenet:DIR | folder:DIR"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="start from these weights (torchvision name or file)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/train-MODEL-ALTERNATION)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (overrides the recipe)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs"),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="plain SGD epochs before alternating"),
+    gap_epochs: Optional[int] = typer.Option(None, "--gap-epochs", help="instance: epochs between support estimations"),
+    granularity: Optional[str] = typer.Option(None, "--granularity", help="support unit: element or channel"),
+    relative_threshold: Optional[float] = typer.Option(None, "--relative-threshold", help="β of Eq. 38/41 as a multiple of the mean unit energy"),
+    mask_storage: Optional[str] = typer.Option(None, "--mask-storage", help="instance supports: auto, memory or disk"),
+    mask_memory_mb: Optional[int] = typer.Option(None, "--mask-memory-mb", help="memory budget for the instance supports"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="mini-batch size"),
+    restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
+) -> None:
+    """Train a model by alternating weights and supports (paper section 4.1), or with plain SGD: the same loop, seed and data order for all three."""
+    from supportprune.compress import train
+    from supportprune.recipe import load_recipe, resolve_recipe, with_overrides
+
+    recipe_path = resolve_recipe(recipe, model, data)
+    overrides = {
+        "data.source": data, "weights": weights, "seed": seed, "data.batch_size": batch_size,
+        "train.alternation": alternation, "train.epochs": epochs, "train.warmup_epochs": warmup_epochs,
+        "train.gap_epochs": gap_epochs, "train.granularity": granularity, "train.relative_threshold": relative_threshold,
+        "train.mask_storage": mask_storage, "train.mask_memory_mb": mask_memory_mb,
+    }
+    resolved = with_overrides(load_recipe(recipe_path), overrides, f"{recipe_path} with command-line options")
+    name = model.replace(":", "_").replace("/", "_")
+    out_dir = out or Path("runs") / f"train-{name}-{resolved.train.alternation}"
+    reporter = RichReporter()
+    reporter.message(f"supportprune train {model} --alternation {resolved.train.alternation}: recipe {recipe_path}, output {out_dir}")
+    train(model, resolved, out_dir, device=device, restart=restart, reporter=reporter, max_steps_per_epoch=max_steps)
+
+
+@app.command()
+@friendly_errors
+def experiment(
+    model: str = typer.Argument("resnet18", help="torchvision model name or package.module:factory"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="base recipe (default: embedded); its train, sparse and redense sections set every run"),
+    data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagenet:DIR | folder:DIR"),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds; tables give mean ± std over them"),
+    targets: str = typer.Option("0.7,0.5,0.3", "--targets", help="MACs fractions for accuracy against MACs"),
+    out: Path = typer.Option(Path("results/experiment-embedded"), "--out", "-o", help="directory for report.md, results.json and plots"),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where the individual runs (with their checkpoints) go; default runs/NAME-OF-OUT"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs of the train runs (the Dense step)"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
+) -> None:
+    """Measure the paper's claims with several seeds: Figure 3 and Table 7 (SGD vs I- vs B-alternation), Table 8 (DSD criteria), accuracy against MACs (support vs L1/L2/random); writes report.md with tables and plots. Resumes where it stopped."""
+    from supportprune.experiment import ExperimentPlan, command_line, run_experiment
+    from supportprune.recipe import load_recipe, shipped_recipes, with_overrides
+
+    recipe_path = shipped_recipes().get(recipe or "embedded", Path(recipe or "embedded"))
+    resolved = with_overrides(load_recipe(recipe_path), {"data.source": data, "train.epochs": epochs},
+                              f"{recipe_path} with command-line options")
+    plan = ExperimentPlan(model, resolved, out, tuple(_ints(seeds, "--seeds")), tuple(_floats(targets, "--targets")),
+                          device=device, max_steps=max_steps, runs_dir=runs_dir or Path("runs") / out.name,
+                          command=command_line())
+    reporter = RichReporter()
+    report = run_experiment(plan, message=reporter.message, reporter=reporter)
+    reporter.message(f"done: {report}")
 
 
 @recipes_app.callback()

@@ -1,14 +1,17 @@
-"""`supportprune compress`: the DSD run end to end, from a model name to benchmarked ONNX models.
+"""`supportprune compress` and `supportprune train`: runs end to end, from a model name to benchmarked ONNX
+models (compress: the DSD run) or to a network trained by alternation (train).
 
-This layer owns the run directory (resolved recipe, metrics, checkpoints, models, report) and calls the
-algorithm (``dsd``), the loop (``train``), export and benchmarking. Runs resume at epoch boundaries: the
-same command on the same directory continues where it stopped.
+This layer owns the run directory (resolved recipe, metrics, checkpoints, models, stored supports, report)
+and calls the algorithm (``dsd``, ``alternation``), the loop (``train``), export and benchmarking. Runs
+resume where they stopped: the same command on the same directory continues.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 import platform
 import signal
 import threading
@@ -22,10 +25,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from supportprune import __version__, dsd
+from supportprune.alternation import (
+    estimate_instance_supports,
+    fix_instance_supports,
+    majority_supports,
+    recalibrate_batch_norm,
+    support_dims,
+)
 from supportprune.atomic import atomic_write_text
 from supportprune.checkpoint import load_latest, save_checkpoint
+from supportprune.criteria import apply_weight_masks, prunable_weights
 from supportprune.data import load_data, make_loaders, reseed_epoch
 from supportprune.errors import SupportpruneError
+from supportprune.mask_store import InstanceMaskStore, choose_storage
 from supportprune.models import ModelSpec, build_model
 from supportprune.pruning import count_macs_params
 from supportprune.recipe import PhaseConfig, Recipe
@@ -33,6 +45,8 @@ from supportprune.distributed import cluster_device, init_cluster, shutdown_clus
 from supportprune.support import (
     convert_relus,
     export_ready,
+    fix_supports,
+    release_supports,
     kept_channel_counts,
     kept_unit_fractions,
     reset_support_stats,
@@ -51,7 +65,10 @@ from supportprune.train import (
 )
 
 PHASES = ("dense", "sparse", "redense")
+TRAIN_PHASES = ("train",)  # `supportprune train`: one phase, trained by alternation (recipe section train)
 MODEL_KINDS = ("baseline", "sparse", "dense")
+CURVE_POINTS_PER_EPOCH = 20  # training loss and error are logged this often per epoch (Figure 3's curves)
+BATCH_NORM_RECALIBRATION_BATCHES = 100  # after an I-alternation epoch: batches that re-estimate batch-norm statistics
 
 
 class Reporter(Protocol):
@@ -90,6 +107,11 @@ class RunState:
     baseline_top1: Optional[float] = None
     revived_channels: Optional[int] = None
     channels_total: dict[str, int] = field(default_factory=dict)
+    # [phase, step within the phase, mean training loss, training error (%)] over the last window of steps
+    curve: list[list[Any]] = field(default_factory=list)
+    curve_mark: list[float] = field(default_factory=lambda: [-1, 0.0, 0, 0])  # epoch number, loss_sum, correct, seen at the last point
+    mask_round: Optional[list[Any]] = None  # [phase, epoch] whose estimation the stored instance supports are
+    final: dict[str, Any] = field(default_factory=dict)  # a train run's closing evaluation
 
 
 @dataclass(frozen=True)
@@ -124,6 +146,8 @@ class RunLayout:
         self.bench_md = self.root / "benchmark.md"
         self.export_json = self.root / "export.json"
         self.plots = self.root / "plots"
+        self.instance_supports = self.root / "masks" / "instance-supports.npy"
+        self.result = self.root / "result.json"  # a train run's (or an undelivered compress run's) final numbers
 
     def model_state(self, kind: str) -> Path:
         return self.root / "models" / f"{kind}.pt"
@@ -193,26 +217,56 @@ def compress(
     restart: bool = False,
     reporter: Reporter | None = None,
     max_steps_per_epoch: int | None = None,
+    deliver: bool = True,
 ) -> CompressResult:
     """Run Dense → Sparse (B-alternation, support pruning) → re-Dense, export and benchmark the three models.
 
     Under torchrun, every process trains its share of each global batch (DistributedDataParallel);
-    rank 0 decides the pruning, writes every file, exports and benchmarks.
+    rank 0 decides the pruning, writes every file, exports and benchmarks. ``deliver=False`` stops
+    after training (no export, benchmark or report: ``experiment`` reads the metrics itself).
     """
+    return _execute(model_name, recipe, out_dir, PHASES, device, restart, reporter, max_steps_per_epoch, deliver).result
+
+
+def train(
+    model_name: str,
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    device: str = "auto",
+    restart: bool = False,
+    reporter: Reporter | None = None,
+    max_steps_per_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model_name`` for ``recipe.train.epochs`` with the support chosen by ``recipe.train.alternation``:
+    none (ReLU, plain SGD), instance (I-alternation, Eq. 36–38) or batch (B-alternation, Eq. 39–41).
+    The same loop, data order and seed serve all three, so they differ only in the support. Returns
+    the closing evaluation (validation error with η* on each example, and with MaskT), also in result.json."""
+    return _execute(model_name, recipe, out_dir, TRAIN_PHASES, device, restart, reporter, max_steps_per_epoch, False).state.final
+
+
+def _execute(model_name, recipe, out_dir, phases, device, restart, reporter, max_steps, deliver) -> "_Run":
     cluster = init_cluster(device)
     try:
         with _StopRequests() as stop_requests:
-            return _Run(model_name, recipe, out_dir, device, restart, reporter, max_steps_per_epoch,
-                        cluster, stop_requests).execute()
+            run = _Run(model_name, recipe, out_dir, device, restart, reporter, max_steps,
+                       cluster, stop_requests, phases, deliver)
+            run.result = run.execute()
+            return run
     finally:
         shutdown_cluster(cluster)
 
 
 class _Run:
-    """One compress run: its directory, data, model and state, and the phases in order."""
+    """One run (compress: dense, sparse, redense; train: one train phase): its directory, data, model and
+    state, and the phases in order."""
 
-    def __init__(self, model_name, recipe, out_dir, device, restart, reporter, max_steps, cluster, stop_requests) -> None:
+    def __init__(self, model_name, recipe, out_dir, device, restart, reporter, max_steps, cluster, stop_requests,
+                 phases=PHASES, deliver=True) -> None:
         self.model_name, self.recipe, self.cluster = model_name, recipe, cluster
+        self.phases, self.deliver = phases, deliver
+        self.weight_masks = None  # magnitude baseline: weights kept zero after each step of the Sparse phase
+        self.mask_store = None  # I-alternation: the supports of every training example
         self.reporter = reporter if (reporter is not None and cluster.is_main) else SilentReporter()
         self.layout, self.restart, self.max_steps, self.stop_requests = RunLayout(out_dir), restart, max_steps, stop_requests
         self.requested_device = device
@@ -247,7 +301,7 @@ class _Run:
         self.reporter.message(f"data: {self.data.description}; device: {self.device}{processes}")
         self.train_loader, self.val_loader = make_loaders(
             self.data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed,
-            rank=cluster.rank, world_size=cluster.world_size,
+            rank=cluster.rank, world_size=cluster.world_size, with_indices=True,
         )
         self.spec = ModelSpec(self.model_name, self.data.num_classes, self.data.channels, recipe.data.input_size)
         if cluster.is_main:  # what `supportprune export` needs to rebuild the models
@@ -258,14 +312,21 @@ class _Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         set_site_mode(self.model, "threshold", global_supports=cluster.distributed)
         self.example = self.spec.example_input().to(self.device)
-        self.baseline_macs, _ = count_macs_params(self.model, self.example)
+        self.baseline_macs, self.baseline_params = count_macs_params(self.model, self.example)
         self.state = RunState(channels_total={n: total for n, (_, total) in kept_channel_counts(self.model).items()})
         saved = self._resume() if resuming else None
 
-        for phase_index in range(self.state.phase_index, len(PHASES)):
+        for phase_index in range(self.state.phase_index, len(self.phases)):
             self._run_phase(phase_index, saved if phase_index == self.state.phase_index else None)
             saved = None
-        if not cluster.is_main:
+        if self.phases == TRAIN_PHASES:
+            self._finish_training()
+        if not cluster.is_main or not self.deliver:
+            if cluster.is_main and self.phases == PHASES:
+                self._write_result({"baseline_top1": self.state.baseline_top1, "alternations": self.state.alternations,
+                                    "baseline_macs": self.baseline_macs, "baseline_params": self.baseline_params,
+                                    "spec": asdict(self.spec), "metrics": self.state.metrics,
+                                    "seconds": time.perf_counter() - self.started})
             return CompressResult(self.layout.root, (), (), time.perf_counter() - self.started)
         # Each rank validated on its shard; the exported models are checked on the whole validation set.
         full_val = self.val_loader if not cluster.distributed else make_loaders(
@@ -291,8 +352,8 @@ class _Run:
         torch.set_rng_state(saved["rng"]["torch"])
         if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        if self.state.phase_index < len(PHASES):
-            where = f"{PHASES[self.state.phase_index]} epoch {self.state.epoch + 1}"
+        if self.state.phase_index < len(self.phases):
+            where = f"{self.phases[self.state.phase_index]} epoch {self.state.epoch + 1}"
             if self.state.step:
                 where += f", step {self.state.step + 1}"
         else:
@@ -303,7 +364,7 @@ class _Run:
     # -- phases ------------------------------------------------------------------------------------
 
     def _run_phase(self, phase_index: int, saved: Optional[dict[str, Any]]) -> None:
-        phase = PHASES[phase_index]
+        phase = self.phases[phase_index]
         config: PhaseConfig = getattr(self.recipe, phase)
         fresh = saved is None or saved["optimizer"] is None
         self.state.phase_index = phase_index
@@ -320,6 +381,11 @@ class _Run:
                 site.fused = False
             trained = torch.compile(trained)
         optimizer = make_optimizer(self.model, config)
+        if phase == "sparse" and self.recipe.sparse.criterion == "magnitude":
+            # DSD: pruned weights stay zero while the rest is retrained.
+            if not fresh and any(a.get("criterion") == "magnitude" for a in self.state.alternations):
+                self.weight_masks = {name: w != 0 for name, w in prunable_weights(self.model).items()}
+            optimizer.register_step_post_hook(lambda *_: self.weight_masks and apply_weight_masks(self.model, self.weight_masks))
         steps = self.train_loader.batch_sampler.steps_per_epoch()
         steps = steps if self.max_steps is None else min(steps, self.max_steps)
         scheduler = make_scheduler(optimizer, config, steps)
@@ -340,11 +406,15 @@ class _Run:
         earlier_seconds = state.partial.get("seconds", 0.0)
         progress = EpochProgress(**{k: v for k, v in state.partial.items() if k not in ("lr", "seconds")})
         reseed_epoch(self.train_loader, recipe.seed, len(state.metrics), start_step=progress.step)
+        before_batch = self._supports_for_epoch(phase, config, epoch)
         every = recipe.checkpoint_every_steps
+        curve_every = max(1, steps // CURVE_POINTS_PER_EPOCH)
         stopped = False
 
         def stop_after(progress: EpochProgress) -> bool:
             nonlocal stopped
+            if progress.step % curve_every == 0 or progress.step == steps:
+                self._curve_point(phase, config, epoch, steps, progress)
             stopped = self.cluster.any(self.stop_requests.signal_name is not None)  # every rank stops together
             if stopped or (every and progress.step % every == 0 and progress.step < steps):
                 self._check_finite()
@@ -358,7 +428,7 @@ class _Run:
             progress = train_epoch(
                 trained, self.train_loader, optimizer, scheduler, self.device, progress=progress,
                 max_steps=self.max_steps, stop_after=stop_after,
-                bf16=recipe.precision == "bf16", channels_last=recipe.channels_last,
+                bf16=recipe.precision == "bf16", channels_last=recipe.channels_last, before_batch=before_batch,
                 on_step=lambda step, loss, top1: reporter.advance(step, loss=loss, top1=top1),
             )
             self._check_finite()
@@ -370,6 +440,11 @@ class _Run:
                 f"lower {phase}.lr in the recipe and run again (it resumes)"
             ) from None
         reporter.stop()
+        if before_batch is not None and not stopped:
+            release_supports(self.model)  # evaluation and the next epoch threshold each example again
+            if phase == "sparse":
+                set_site_mode(self.model, "threshold", record_stats=False)
+            self._recalibrate_batch_norm()
         if stopped:
             signal_name = self.stop_requests.signal_name or "a signal to another process"
             raise RunInterrupted(
@@ -384,6 +459,8 @@ class _Run:
             record["supports_kept"] = kept_unit_fractions(self.model)
             if epoch in recipe.sparse.alternation_epochs:
                 self._alternation_point(epoch)
+        if phase == "train" and recipe.train.alternation == "instance" and self.mask_store is not None:
+            record["supports_kept"] = self._stored_support_fractions()
         record["val_loss"], record["val_top1"] = evaluate(self.model, self.val_loader, self.device,
                                                           reduce=self.cluster.all_reduce_sum)
         record["channels_kept"] = {name: kept for name, (kept, _) in kept_channel_counts(self.model).items()}
@@ -396,6 +473,174 @@ class _Run:
         )
         self._save(optimizer, scheduler)
 
+    # -- supports of an epoch ----------------------------------------------------------------------
+
+    def _supports_for_epoch(self, phase: str, config: PhaseConfig, epoch: int):
+        """Put the sites in this epoch's mode. With I-alternation, returns the hook that fixes each batch's
+        stored supports (the examples' indices come with the batch); otherwise None."""
+        recipe = self.recipe
+        if phase == "train":
+            train = recipe.train
+            if train.alternation == "none" or epoch <= train.warmup_epochs:
+                set_site_mode(self.model, "threshold", record_stats=False)
+                return None
+            if train.alternation == "batch":
+                set_site_mode(self.model, "batch", granularity=train.granularity,
+                              relative_threshold=train.relative_threshold, record_stats=False)
+                return None
+            # I-alternation: supports estimated at the first epoch of every gap, trained with until the next.
+            first = train.warmup_epochs + 1 + (epoch - train.warmup_epochs - 1) // train.gap_epochs * train.gap_epochs
+            self._instance_supports(["train", first], train.relative_threshold, train.granularity, record_stats=False)
+        elif phase == "sparse" and recipe.sparse.criterion == "support" and recipe.sparse.alternation == "instance":
+            # DSD (I-alternation): fresh supports every Sparse epoch, estimated as in `train` (its granularity
+            # and threshold: Eq. 38 per unit keeps m ⊆ ReLU's support, so m ⊙ q stays close to η*; whole-channel
+            # supports would pass negative q). Their channel statistics, under the Sparse step's threshold,
+            # decide the pruning.
+            self._instance_supports(["sparse", epoch], recipe.train.relative_threshold, recipe.train.granularity,
+                                    record_stats=True)
+        else:
+            return None
+        store, device = self.mask_store, self.device
+
+        def fix_batch_supports(indices: torch.Tensor) -> None:
+            fix_instance_supports(self.model, store.read(indices, device))
+
+        return fix_batch_supports
+
+    def _instance_supports(self, round_key: list[Any], relative_threshold: float, granularity: str, *, record_stats: bool) -> None:
+        """Make ``self.mask_store`` hold every training example's supports of estimation ``round_key``:
+        kept if already there, reopened from the run directory on resume, else estimated now (Eq. 38)."""
+        if self.mask_store is not None and self.state.mask_round == round_key:
+            return
+        train = self.recipe.train
+        path = self.layout.instance_supports
+        shapes = support_dims(self.model, self.example, granularity)
+        examples = len(self.data.train)
+        storage = choose_storage(shapes, examples, train.mask_storage, train.mask_memory_mb * 2**20)
+        if self.state.mask_round == round_key and path.exists():
+            self.mask_store = InstanceMaskStore.open(shapes, path, storage)
+            if self.mask_store.examples == examples:
+                return
+        self.mask_store = None
+        if self.cluster.is_main:
+            self._estimate_supports(shapes, examples, storage, relative_threshold, granularity, record_stats, round_key)
+        self.cluster.barrier()
+        if self.mask_store is None:  # the other ranks read what rank 0 estimated
+            self.mask_store = InstanceMaskStore.open(shapes, path, storage)
+        self.state.mask_round = round_key
+
+    def _estimate_supports(self, shapes, examples, storage, relative_threshold, granularity, record_stats, round_key) -> None:
+        from torch.utils.data import DataLoader
+
+        from supportprune.data import ExampleIndices
+
+        path = self.layout.instance_supports
+        temporary = path.with_name(path.name + ".tmp.npy")
+        store = InstanceMaskStore.empty(shapes, examples, temporary if storage == "disk" else None)
+        loader = DataLoader(ExampleIndices(self.data.train), batch_size=self.recipe.data.batch_size, shuffle=False,
+                            num_workers=self.recipe.data.workers)
+        self.reporter.start(f"{round_key[0]} {round_key[1]}: estimating supports (Eq. 38)", len(loader))
+        for step, (images, _, indices) in enumerate(loader):
+            supports = estimate_instance_supports(self.model, images.to(self.device), relative_threshold, granularity,
+                                                  record_stats=record_stats)
+            store.write(indices, supports)
+            self.reporter.advance(step + 1, loss=float("nan"), top1=float("nan"))
+        self.reporter.stop()
+        if storage == "disk":
+            store.rows.flush()
+            os.replace(temporary, path)
+            store = InstanceMaskStore.open(shapes, path, "disk")
+        else:
+            store.save(path)  # a resumed run trains on these same supports
+        self.reporter.message(
+            f"{round_key[0]} epoch {round_key[1]}: supports of {examples:,} examples estimated, "
+            f"{store.nbytes / 2**20:.1f} MiB bit-packed ({storage})"
+        )
+        self.mask_store = store
+
+    def _recalibrate_batch_norm(self) -> None:
+        """After an epoch with fixed supports: batch-norm statistics for the η* network (see
+        ``alternation.recalibrate_batch_norm``), from the training set in index order, the same on every rank."""
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.data.train, batch_size=self.recipe.data.batch_size, shuffle=False,
+                            num_workers=self.recipe.data.workers)
+        batches = itertools.islice(loader, BATCH_NORM_RECALIBRATION_BATCHES)
+        recalibrate_batch_norm(self.model, (images.to(self.device) for images, _ in batches))
+
+    def _stored_support_fractions(self) -> dict[str, float]:
+        """Per site, the share of units whose stored support is 1, over all examples."""
+        counts = self.mask_store.support_counts()
+        return {name: float(c.sum()) / (c.numel() * self.mask_store.examples) for name, c in counts.items()}
+
+    def _curve_point(self, phase: str, config: PhaseConfig, epoch: int, steps: int, progress: EpochProgress) -> None:
+        """Append the mean training loss and error of the steps since the last point (Figure 3's curves)."""
+        epoch_number = len(self.state.metrics)
+        mark = self.state.curve_mark if self.state.curve_mark[0] == epoch_number else [epoch_number, 0.0, 0, 0]
+        seen = progress.seen - mark[3]
+        if seen <= 0:
+            return
+        loss = (progress.loss_sum - mark[1]) / seen
+        error = 100.0 * (1.0 - (progress.correct - mark[2]) / seen)
+        self.state.curve.append([phase, (epoch - 1) * steps + progress.step, loss, error])
+        self.state.curve_mark = [epoch_number, progress.loss_sum, progress.correct, progress.seen]
+
+    def _finish_training(self) -> None:
+        """A train run's closing evaluation: validation error with η* on each example (the usual test),
+        and with MaskT (the training set's majority supports, no thresholding; the paper's Table 2)."""
+        train = self.recipe.train
+        reduce = self.cluster.all_reduce_sum
+        release_supports(self.model)
+        set_site_mode(self.model, "threshold", record_stats=False)
+        val_loss, val_top1 = evaluate(self.model, self.val_loader, self.device, reduce=reduce)
+        # MaskT uses the supports the network trained with: ReLU's for plain SGD, Eq. 38's otherwise.
+        threshold = train.relative_threshold if train.alternation != "none" else 0.0
+        counts, examples = self._support_counts(threshold, train.granularity)
+        fix_supports(self.model, {name: mask.to(self.device) for name, mask in majority_supports(counts, examples).items()})
+        maskt_loss, maskt_top1 = evaluate(self.model, self.val_loader, self.device, reduce=reduce)
+        release_supports(self.model)
+        result = {
+            "model": self.model_name, "alternation": train.alternation, "seed": self.recipe.seed,
+            "val_loss": val_loss, "val_error": 100.0 - val_top1, "maskt_val_loss": maskt_loss,
+            "maskt_val_error": 100.0 - maskt_top1, "maskt_relative_threshold": threshold,
+            "epochs": train.epochs, "steps_per_epoch": self._steps_per_epoch(),
+            "metrics": self.state.metrics, "curve": self.state.curve,
+            "seconds": time.perf_counter() - self.started,
+        }
+        self.state.final = {k: v for k, v in result.items() if k not in ("metrics", "curve")}
+        if self.cluster.is_main:
+            _save_model_state(self.layout.model_state("trained"), self.model)
+            self._write_result(result)
+            from supportprune.report import write_train_report
+
+            write_train_report(self.layout, self.model_name, self.recipe, self.data.description, self.state, result)
+            self.reporter.message(
+                f"validation error {result['val_error']:.2f}% (η* on each example), {result['maskt_val_error']:.2f}% "
+                f"with MaskT; report: {self.layout.report}"
+            )
+
+    def _steps_per_epoch(self) -> int:
+        steps = self.train_loader.batch_sampler.steps_per_epoch()
+        return steps if self.max_steps is None else min(steps, self.max_steps)
+
+    @torch.no_grad()
+    def _support_counts(self, relative_threshold: float, granularity: str) -> tuple[dict[str, torch.Tensor], int]:
+        """Per site and unit, how many training examples have support (Eq. 38) under the final weights."""
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.data.train, batch_size=self.recipe.data.batch_size, shuffle=False,
+                            num_workers=self.recipe.data.workers)
+        counts: dict[str, torch.Tensor] = {}
+        examples = 0
+        for images, _ in loader:
+            for name, mask in estimate_instance_supports(self.model, images.to(self.device), relative_threshold, granularity).items():
+                counts[name] = counts.get(name, 0) + mask.sum(dim=0, dtype=torch.long)
+            examples += len(images)
+        return counts, examples
+
+    def _write_result(self, result: dict[str, Any]) -> None:
+        atomic_write_text(self.layout.result, json.dumps(result, indent=1))
+
     def _check_finite(self) -> None:
         """A step can leave non-finite weights (or batch-norm statistics) behind a finite loss: never
         checkpoint those."""
@@ -406,13 +651,23 @@ class _Run:
     def _alternation_point(self, epoch: int) -> None:
         """Rank 0 decides which channels die; every rank applies the same keep masks."""
         sites = [site for _, site in support_sites(self.model)]
-        if self.cluster.is_main:
-            result = dsd.alternation_point(self.model, self.example, self.recipe.sparse, self.baseline_macs)
+        if self.recipe.sparse.criterion == "magnitude":  # every rank holds the same weights: no broadcast needed
+            result, self.weight_masks = dsd.magnitude_point(self.model, self.example, self.recipe.sparse)
             self.state.alternations.append({"epoch": epoch, **asdict(result)})
             self.reporter.message(
-                f"alternation point after sparse epoch {epoch}: kept {result.channels_kept}/{result.channels_total} "
-                f"site channels, {100 * result.macs / self.baseline_macs:.1f}% of MACs "
-                f"(pruning threshold {result.relative_threshold:.4g} × mean energy)"
+                f"magnitude pruning after sparse epoch {epoch} (DSD): {self.recipe.sparse.magnitude_sparsity:.1%} of every "
+                f"layer's weights zeroed, {result.params:,} nonzero parameters left"
+            )
+            return
+        if self.cluster.is_main:
+            result = dsd.alternation_point(self.model, self.example, self.recipe.sparse, self.baseline_macs,
+                                           seed=self.recipe.seed)
+            self.state.alternations.append({"epoch": epoch, **asdict(result)})
+            what = ("support" if self.recipe.sparse.criterion == "support" else f"{self.recipe.sparse.criterion} channel")
+            self.reporter.message(
+                f"alternation point after sparse epoch {epoch} ({what} criterion): kept {result.channels_kept}/"
+                f"{result.channels_total} site channels, {100 * result.macs / self.baseline_macs:.1f}% of MACs "
+                f"(pruning threshold {result.relative_threshold:.4g})"
             )
         else:
             reset_support_stats(self.model)
@@ -427,7 +682,7 @@ class _Run:
             keep = torch.cat([site.keep.flatten().cpu() for _, site in support_sites(self.model)])
             if not self.cluster.same_everywhere(hashlib.sha256(keep.numpy().tobytes()).hexdigest()):
                 raise SupportpruneError("the processes disagree on the pruned channels; this is a bug, please report it")
-        if self.cluster.is_main:
+        if self.cluster.is_main and phase in PHASES:
             # Baseline and dense as trained; sparse as the masked full model, pruned physically on export.
             kind = {"dense": "baseline", "sparse": "sparse", "redense": "dense"}[phase]
             _save_model_state(self.layout.model_state(kind), self.model)

@@ -97,13 +97,30 @@ def load_data(
     return _in_memory_splits(raw, input_size, mean, std, augment, channels)
 
 
+class ExampleIndices(Dataset):
+    """Items (image, label, index): the loop can look up what it stores per example (I-alternation's
+    supports) whatever order the sampler draws them in."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.dataset[index]
+        return image, label, index
+
+
 def make_loaders(
-    splits: DataSplits, *, batch_size: int, workers: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1
+    splits: DataSplits, *, batch_size: int, workers: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
+    with_indices: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
     """Build (train, val) loaders; the same seed gives the same batches and augmentations.
 
     ``batch_size`` is the global batch. With ``world_size`` processes each rank loads its share of
-    every global batch (see GlobalBatchSampler) and of the validation set.
+    every global batch (see GlobalBatchSampler) and of the validation set. ``with_indices``: training
+    batches are (images, labels, example indices).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise SupportpruneError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -120,7 +137,8 @@ def make_loaders(
         len(splits.train), batch_size, seed=seed, rank=rank, world_size=world_size,
         drop_last=len(splits.train) >= batch_size,
     )
-    train = DataLoader(splits.train, batch_sampler=train_batches, **common)
+    train_set = ExampleIndices(splits.train) if with_indices else splits.train
+    train = DataLoader(train_set, batch_sampler=train_batches, **common)
     val_indices = list(range(rank, len(splits.val), world_size))
     val = DataLoader(splits.val, batch_size=max(1, batch_size // world_size), sampler=val_indices, **common)
     return train, val
@@ -432,7 +450,7 @@ def _reseed_all(dataset: Dataset, seed: int) -> None:
     """Reseed every _Seedable inside ``dataset``, looking through Subset/ConcatDataset wrappers."""
     if isinstance(dataset, _Seedable):
         dataset.reseed(seed)
-    elif isinstance(dataset, torch.utils.data.Subset):
+    elif isinstance(dataset, (torch.utils.data.Subset, ExampleIndices)):
         _reseed_all(dataset.dataset, seed)
     elif isinstance(dataset, torch.utils.data.ConcatDataset):
         for offset, part in enumerate(dataset.datasets):

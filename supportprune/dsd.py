@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from supportprune.criteria import CHANNEL_CRITERIA, apply_weight_masks, channel_scores, magnitude_masks, nonzero_parameters
 from supportprune.pruning import (
     apply_keep_masks,
     count_macs_params,
@@ -38,14 +39,20 @@ class AlternationResult:
     channels_total: int
     macs: int  # of the model with the pruned channels removed
     observed_batches: int
+    params: int = 0  # of the pruned model (magnitude: weights that are not zero)
+    criterion: str = "support"
 
 
 def begin_sparse(model: nn.Module, config: SparseConfig, *, reset: bool = True) -> None:
-    """Sites switch to B-alternation. ``reset=False`` resumes a Sparse phase: the threshold (possibly
-    searched) and the statistics restored from a checkpoint are kept."""
-    set_site_mode(model, "batch", granularity=config.granularity, record_stats=True)
+    """Sites switch to B-alternation (support criterion, ``alternation: batch``). With I-alternation the
+    sites threshold each example and the loop fixes the supports of each batch (``alternation``); the
+    baselines train with plain η* (ReLU), so the runs differ only in what decides the pruning.
+    ``reset=False`` resumes a Sparse phase: the threshold (possibly searched) and the statistics
+    restored from a checkpoint are kept."""
+    batch = config.criterion == "support" and config.alternation == "batch"
+    set_site_mode(model, "batch" if batch else "threshold", granularity=config.granularity, record_stats=batch)
     if reset:
-        set_site_mode(model, "batch", relative_threshold=config.relative_threshold)
+        set_site_mode(model, "batch" if batch else "threshold", relative_threshold=config.relative_threshold)
         reset_support_stats(model)
 
 
@@ -68,14 +75,22 @@ def zero_support_channels(model: nn.Module, relative_threshold: float | None = N
 
 
 def alternation_point(
-    model: nn.Module, example_input: Tensor, config: SparseConfig, baseline_macs: int
+    model: nn.Module, example_input: Tensor, config: SparseConfig, baseline_macs: int, *, seed: int = 0
 ) -> AlternationResult:
     """Prune (by keep masks) the channels whose support stayed zero. With a MACs target, the pruning
     threshold is searched so the zero-support channels meet it; the training masks keep the recipe's
     threshold (a threshold high enough to cut half the MACs would, applied to every batch, mask half
-    of each layer anew at every step, and training does not survive that). Statistics restart."""
+    of each layer anew at every step, and training does not survive that). Statistics restart.
+
+    Channel baselines (``criterion`` l1, l2, random) prune to the same MACs target by the same search
+    over their own scores. (``magnitude`` prunes weights, not channels: see ``magnitude_point``.)"""
     observed = max((int(site.stat_batches) for _, site in support_sites(model)), default=0)
-    if config.target_macs is not None:
+    if config.criterion in CHANNEL_CRITERIA:
+        scores = channel_scores(model, example_input, config.criterion, seed=seed)
+        threshold, keep, _ = search_relative_threshold(
+            model, example_input, scores, int(config.target_macs * baseline_macs), round_to=config.round_to
+        )
+    elif config.target_macs is not None:
         max_relative = {name: site.stat_max_relative_energy.clone() for name, site in support_sites(model)}
         threshold, keep, _ = search_relative_threshold(
             model, example_input, max_relative, int(config.target_macs * baseline_macs), round_to=config.round_to
@@ -86,10 +101,24 @@ def alternation_point(
         keep = plan_keep_masks(model, example_input, zero_support_channels(model), round_to=config.round_to, scores=scores)
     apply_keep_masks(model, keep)
     reset_support_stats(model)
-    macs, _ = count_macs_params(prune_to_keep_masks(model, example_input), example_input)
+    macs, params = count_macs_params(prune_to_keep_masks(model, example_input), example_input)
     kept = sum(int(mask.sum()) for mask in keep.values())
     total = sum(mask.numel() for mask in keep.values())
-    return AlternationResult(threshold, kept, total, macs, observed)
+    return AlternationResult(threshold, kept, total, macs, observed, params, config.criterion)
+
+
+def magnitude_point(
+    model: nn.Module, example_input: Tensor, config: SparseConfig
+) -> tuple[AlternationResult, dict[str, Tensor]]:
+    """DSD's Sparse step (the magnitude baseline): zero the smallest ``magnitude_sparsity`` share of
+    every layer's weights. Returns the result and the keep masks the loop re-applies after each step."""
+    masks = magnitude_masks(model, config.magnitude_sparsity)
+    apply_weight_masks(model, masks)
+    reset_support_stats(model)
+    macs, _ = count_macs_params(model, example_input)
+    channels = sum(site.channels for _, site in support_sites(model))
+    result = AlternationResult(config.magnitude_sparsity, channels, channels, macs, 0, nonzero_parameters(model), "magnitude")
+    return result, masks
 
 
 def end_sparse(model: nn.Module) -> None:

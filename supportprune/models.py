@@ -163,8 +163,11 @@ def load_weights(model: nn.Module, weights: str, model_name: str) -> None:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from supportprune.checkpoint import is_checkpoint, read_checkpoint
+
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        # supportprune's own model files (models/*.pt) carry a checksum header before the torch payload.
+        loaded = read_checkpoint(path) if is_checkpoint(path) else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise SupportpruneError(f"cannot read weights file {path}: {str(error).splitlines()[0][:200]} (corrupt or not a PyTorch file?)") from None
     if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):

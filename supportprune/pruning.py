@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch_pruning as tp
@@ -77,6 +77,7 @@ class SiteGroup:
     pruning_fn: Callable
     channels: int
     members: tuple[SiteMember, ...]
+    group: Any = None  # torch-pruning's group, for its importance criteria
 
     def alive(self, site_alive: dict[str, Tensor]) -> Tensor:
         """A root channel lives if any site of the group keeps it."""
@@ -98,7 +99,7 @@ def site_groups(graph: tp.DependencyGraph) -> Iterator[SiteGroup]:
             if isinstance(module, SupportSite) and item.root_idxs is not None and None not in item.root_idxs:
                 members.append(SiteMember(names[module], module, tuple(item.idxs), tuple(item.root_idxs)))
         if members:
-            yield SiteGroup(root_item.dep.target.module, root_item.dep.handler, len(root_item.idxs), tuple(members))
+            yield SiteGroup(root_item.dep.target.module, root_item.dep.handler, len(root_item.idxs), tuple(members), group)
 
 
 def rounded_keep_count(alive: int, channels: int, round_to: int) -> int:
@@ -235,6 +236,9 @@ def search_relative_threshold(
     A channel's support stayed zero at threshold τ exactly when its largest relative energy seen was
     ≤ τ (Eq. 41 per batch), so every candidate τ can be tried from the recorded statistics without
     retraining. Bisection over the recorded values; returns (τ, keep masks, MACs).
+
+    Any per-channel score works the same way (channels scoring ≤ τ die): the baselines' L1/L2 norms
+    and random scores are pruned to a MACs target by this same search.
     """
     candidates = torch.unique(torch.cat([v.flatten().float().cpu() for v in max_relative_energy.values()]))
     candidates = torch.cat([torch.zeros(1), candidates])

@@ -19,6 +19,9 @@ from supportprune.errors import SupportpruneError
 
 RECIPE_VERSION = 1
 SCHEDULES = ("cosine", "step", "constant")
+CRITERIA = ("support", "magnitude", "l1", "l2", "random")
+ALTERNATIONS = ("none", "instance", "batch")
+MASK_STORAGES = ("auto", "memory", "disk")
 
 
 class RecipeError(SupportpruneError):
@@ -77,9 +80,22 @@ class SparseConfig(PhaseConfig):
     target_macs: Optional[float] = None  # fraction of the baseline MACs to keep; searches the threshold
     round_to: int = 1  # kept channel counts are multiples of this (GPU-friendly shapes)
     prune_at: tuple[int, ...] = ()  # epochs (1-based) after which zero-support channels are pruned; () = last
+    # What decides the pruning: the learned support (the paper), or a baseline at matched cost: DSD's
+    # weight magnitude (unstructured), channel L1/L2 norms or random channels (need target_macs).
+    criterion: str = "support"
+    alternation: str = "batch"  # support criterion: B-alternation (Eq. 41) or I-alternation (Eq. 38)
+    magnitude_sparsity: float = 0.3  # criterion magnitude: share of conv/linear weights zeroed per layer
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion: must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+        if self.alternation not in ("batch", "instance"):
+            raise ValueError(f"alternation: must be batch or instance, got {self.alternation!r}")
+        if self.criterion in ("l1", "l2", "random") and self.target_macs is None:
+            raise ValueError(f"target_macs: criterion {self.criterion} prunes channels to a MACs target; set one (e.g. the support's)")
+        if not 0 <= self.magnitude_sparsity < 1:
+            raise ValueError(f"magnitude_sparsity: a fraction in [0, 1), got {self.magnitude_sparsity}")
         if self.granularity not in ("element", "channel"):
             raise ValueError(f"granularity: must be 'element' or 'channel', got {self.granularity!r}")
         if self.relative_threshold < 0:
@@ -96,6 +112,33 @@ class SparseConfig(PhaseConfig):
     @property
     def alternation_epochs(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.prune_at))) if self.prune_at else (self.epochs,)
+
+
+@dataclass(frozen=True)
+class TrainConfig(PhaseConfig):
+    """`supportprune train`: one training run whose ReLUs are trained by alternation (paper section 4.1)."""
+
+    alternation: str = "none"  # none (plain SGD, ReLU) | instance (I-alternation) | batch (B-alternation)
+    warmup_epochs: int = 1  # plain SGD first: supports estimated from untrained weights mean little
+    gap_epochs: int = 1  # instance: epochs trained with one set of supports before they are re-estimated
+    granularity: Literal["element", "channel"] = "element"
+    relative_threshold: float = 0.1  # β of Eq. 38/41 as a multiple of the mean unit energy at a site
+    mask_storage: str = "auto"  # instance masks: memory, disk (memory-mapped file), auto (memory if within budget)
+    mask_memory_mb: int = 2048  # memory budget for the instance masks
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alternation not in ALTERNATIONS:
+            raise ValueError(f"alternation: must be one of {', '.join(ALTERNATIONS)}, got {self.alternation!r}")
+        if self.warmup_epochs < 0:
+            raise ValueError("warmup_epochs: must be >= 0")
+        _positive(self, "gap_epochs", "mask_memory_mb")
+        if self.granularity not in ("element", "channel"):
+            raise ValueError(f"granularity: must be 'element' or 'channel', got {self.granularity!r}")
+        if self.relative_threshold < 0:
+            raise ValueError("relative_threshold: must be >= 0")
+        if self.mask_storage not in MASK_STORAGES:
+            raise ValueError(f"mask_storage: must be one of {', '.join(MASK_STORAGES)}, got {self.mask_storage!r}")
 
 
 @dataclass(frozen=True)
@@ -134,6 +177,7 @@ class Recipe:
     dense: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=0.1))
     sparse: SparseConfig = field(default_factory=SparseConfig)
     redense: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=0.001))
+    train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 

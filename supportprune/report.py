@@ -63,7 +63,7 @@ def write_report(layout, model_name, recipe, data_description, summaries, bench,
     )
     text = f"""# supportprune report: {model_name}
 
-Dense–Sparse–Dense with B-alternation supports (Huang, Kong, Lucey 2017, section 4.2), on {data_description}.
+Dense–Sparse–Dense with {_criterion_text(recipe.sparse)}, on {data_description}.
 Wall time {seconds:.0f} s. Recipe: `recipe.yaml`; per-epoch metrics: `metrics.jsonl`; benchmark: `benchmark.json`.
 
 {summary_table(summaries, bench)}
@@ -99,6 +99,17 @@ sparse model's to see what re-dense training itself gave.
     for title, name in plots:
         text += f"## {title}\n\n![{title}](plots/{name})\n\n"
     atomic_write_text(layout.report, text)
+
+
+def _criterion_text(sparse) -> str:
+    if sparse.criterion == "support":
+        variant = "B-alternation (Eq. 41)" if sparse.alternation == "batch" else "I-alternation (Eq. 38)"
+        return f"{variant} supports deciding the pruning (Huang, Kong, Lucey 2017, section 4.2)"
+    if sparse.criterion == "magnitude":
+        return (f"DSD's own weight-magnitude pruning ({sparse.magnitude_sparsity:.0%} of every layer, unstructured): "
+                "the baseline criterion, not the paper's support")
+    return (f"channel {sparse.criterion} pruning to the MACs target: a baseline criterion, not the paper's support "
+            "(compare at equal MACs with a support run)")
 
 
 def _save_figure(figure, path) -> None:
@@ -160,3 +171,61 @@ def _channels_plot(layout, state) -> str:
     _save_figure(figure, layout.plots / "channels.png")
     plt.close(figure)
     return "channels.png"
+
+
+def write_train_report(layout, model_name, recipe, data_description, state, result) -> None:
+    """`supportprune train`'s report: per-epoch table, the closing evaluation and the training curve."""
+    train = recipe.train
+    rows = "\n".join(
+        f"| {m['epoch']} | {m['train_loss']:.4f} | {100 - m['train_top1']:.2f} | {m['val_loss']:.4f} | {100 - m['val_top1']:.2f} | {m['seconds']:.1f} |"
+        for m in state.metrics
+    )
+    what = {
+        "none": "plain SGD with ReLU",
+        "instance": f"I-alternation (Eq. 36–38): supports of every training example estimated after {train.warmup_epochs} "
+        f"warm-up epoch(s) and again every {train.gap_epochs} epoch(s), weights trained with them fixed",
+        "batch": f"B-alternation (Eq. 39–41): one support per mini-batch, computed on the fly, after {train.warmup_epochs} "
+        "warm-up epoch(s)",
+    }[train.alternation]
+    plots = []
+    try:
+        plots.append(("Training curve", _curve_plot(layout, state)))
+    except ImportError:
+        pass
+    text = f"""# supportprune train: {model_name}, alternation `{train.alternation}`
+
+{what}; granularity `{train.granularity}`, relative threshold {train.relative_threshold:g}; on {data_description}.
+Seed {recipe.seed}; wall time {result['seconds']:.0f} s. Recipe: `recipe.yaml`; numbers: `result.json`.
+
+| | validation error (%) | validation loss |
+|---|---:|---:|
+| usual test (η* on each example) | {result['val_error']:.2f} | {result['val_loss']:.4f} |
+| MaskT (training majority support, no thresholding) | {result['maskt_val_error']:.2f} | {result['maskt_val_loss']:.4f} |
+
+| epoch | train loss | train error (%) | val loss | val error (%) | seconds |
+|---:|---:|---:|---:|---:|---:|
+{rows}
+
+"""
+    for title, name in plots:
+        text += f"## {title}\n\n![{title}](plots/{name})\n\n"
+    atomic_write_text(layout.report, text)
+
+
+def _curve_plot(layout, state) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [point[1] for point in state.curve]
+    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_axis.plot(steps, [point[2] for point in state.curve])
+    error_axis.plot(steps, [point[3] for point in state.curve])
+    for axis, label in ((loss_axis, "training loss"), (error_axis, "training error (%)")):
+        axis.set_xlabel("iteration")
+        axis.set_ylabel(label)
+    figure.tight_layout()
+    _save_figure(figure, layout.plots / "curve.png")
+    plt.close(figure)
+    return "curve.png"

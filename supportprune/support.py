@@ -169,7 +169,9 @@ class SupportSite(nn.Module):
         if self.mode == "fixed":
             if self.fixed_support is None:
                 raise RuntimeError("SupportSite in fixed mode needs fixed_support; see fix_supports()")
-            return q * self.fixed_support.to(q.dtype) * keep
+            fixed = self.fixed_support.to(q.dtype)
+            # Channel supports, (N, C), apply to every position of their channel.
+            return q * fixed.view(fixed.shape + (1,) * (q.dim() - fixed.dim())) * keep
         activation = positive_hard_threshold(q, self.beta) * keep
         if self.mode != "batch" or not self.training:
             return activation

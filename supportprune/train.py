@@ -104,17 +104,22 @@ def train_epoch(
     stop_after: Optional[Callable[[EpochProgress], bool]] = None,
     bf16: bool = False,
     channels_last: bool = False,
+    before_batch: Optional[Callable[[torch.Tensor], None]] = None,
 ) -> EpochProgress:
     """SGD over ``loader`` (continuing ``progress`` when an epoch resumes). Stops early when
     ``stop_after(progress)`` says so after a step. Raises ``DivergedError`` on a non-finite loss.
     ``bf16``: forward under bfloat16 autocast; ``channels_last``: NHWC inputs (the model is expected
-    to be converted by the caller)."""
+    to be converted by the caller). ``before_batch(indices)`` runs before each forward pass (the
+    I-alternation loop fixes that batch's stored supports there)."""
     progress = progress or EpochProgress()
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for images, labels in loader:
+    for batch in loader:
         if max_steps is not None and progress.step >= max_steps:
             break
+        images, labels = batch[0], batch[1]
+        if before_batch is not None:  # batches of ExampleIndices carry the example indices third
+            before_batch(batch[2])
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

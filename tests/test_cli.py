@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from supportprune.checkpoint import read_checkpoint
 from supportprune.cli import app
+from tests.cli_helpers import one_line_error
 from supportprune.recipe import load_recipe, shipped_recipes
 
 runner = CliRunner()
@@ -54,15 +55,6 @@ def _compress(tmp_path, out, *extra, model="tiny_models:tiny_resnet", recipe=Non
 
 def _files(root):
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +110,7 @@ def test_rerun_resumes_and_a_changed_recipe_is_refused(finished_run):
     assert "resuming" in again.output and "export (training finished)" in again.output
     assert (out / "metrics.jsonl").read_text() == before
     other = _recipe_file(tmp_path, **{"sparse.lr": 0.02})
-    _one_line_error(_compress(tmp_path, out, recipe=other), "holds a run with another model or recipe", "--restart")
+    one_line_error(_compress(tmp_path, out, recipe=other), "holds a run with another model or recipe", "--restart")
 
 
 def _metrics_without_time(run_dir):
@@ -238,41 +230,41 @@ def test_export_and_bench_commands_on_a_finished_run(finished_run, tmp_path):
 
 
 def test_unknown_model(tmp_path):
-    _one_line_error(_compress(tmp_path, tmp_path / "o", model="resnet1000"), "unknown model 'resnet1000'")
+    one_line_error(_compress(tmp_path, tmp_path / "o", model="resnet1000"), "unknown model 'resnet1000'")
 
 
 def test_malformed_recipe(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nsparse:\n  granularity: pixel\n")
-    _one_line_error(_compress(tmp_path, tmp_path / "o", recipe=bad), "bad.yaml", "sparse.granularity")
+    one_line_error(_compress(tmp_path, tmp_path / "o", recipe=bad), "bad.yaml", "sparse.granularity")
 
 
 def test_missing_data(tmp_path):
-    _one_line_error(_compress(tmp_path, tmp_path / "o", "--data", f"cifar10:{tmp_path / 'nowhere'}"), "nowhere")
+    one_line_error(_compress(tmp_path, tmp_path / "o", "--data", f"cifar10:{tmp_path / 'nowhere'}"), "nowhere")
 
 
 def test_corrupt_weights(tmp_path):
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"not a checkpoint")
-    _one_line_error(_compress(tmp_path, tmp_path / "o", "--weights", str(weights)), "cannot read weights file", "w.pt")
+    one_line_error(_compress(tmp_path, tmp_path / "o", "--weights", str(weights)), "cannot read weights file", "w.pt")
 
 
 def test_unwritable_output(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    _one_line_error(_compress(tmp_path, blocker / "out"), "cannot write to output directory")
+    one_line_error(_compress(tmp_path, blocker / "out"), "cannot write to output directory")
 
 
 def test_bad_option_values(tmp_path):
-    _one_line_error(_compress(tmp_path, tmp_path / "o", "--mean", "a,b"), "--mean")
-    _one_line_error(_compress(tmp_path, tmp_path / "o", "--target-macs", "2"), "sparse.target_macs")
+    one_line_error(_compress(tmp_path, tmp_path / "o", "--mean", "a,b"), "--mean")
+    one_line_error(_compress(tmp_path, tmp_path / "o", "--target-macs", "2"), "sparse.target_macs")
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     recipe = _recipe_file(tmp_path, **{"sparse.lr": 1e12})
     out = tmp_path / "diverge"
     result = _compress(tmp_path, out, recipe=recipe)
-    _one_line_error(result, "sparse epoch 1", "became n", "last good checkpoint kept", "sparse.lr")
+    one_line_error(result, "sparse epoch 1", "became n", "last good checkpoint kept", "sparse.lr")
     checkpoint = read_checkpoint(out / "checkpoints" / "last.pt")
     assert checkpoint["run"]["phase_index"] == 1 and checkpoint["run"]["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
