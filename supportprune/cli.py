@@ -187,7 +187,7 @@ def experiment(
     data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagenet:DIR | folder:DIR"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds; tables give mean ± std over them"),
     targets: str = typer.Option("0.7,0.5,0.3", "--targets", help="MACs fractions for accuracy against MACs"),
-    out: Path = typer.Option(Path("results/experiment-embedded"), "--out", "-o", help="directory for report.md, results.json and plots"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for report.md, results.json and plots (default results/experiment-DATA, e.g. results/experiment-embedded)"),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where the individual runs (with their checkpoints) go; default runs/NAME-OF-OUT"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs of the train runs (the Dense step)"),
@@ -200,6 +200,7 @@ def experiment(
     recipe_path = shipped_recipes().get(recipe or "embedded", Path(recipe or "embedded"))
     resolved = with_overrides(load_recipe(recipe_path), {"data.source": data, "train.epochs": epochs},
                               f"{recipe_path} with command-line options")
+    out = out or Path("results") / f"experiment-{resolved.data.source.split(':')[0]}"
     plan = ExperimentPlan(model, resolved, out, tuple(_ints(seeds, "--seeds")), tuple(_floats(targets, "--targets")),
                           device=device, max_steps=max_steps, runs_dir=runs_dir or Path("runs") / out.name,
                           command=command_line())

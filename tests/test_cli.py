@@ -203,7 +203,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, finished_
 
 
 def test_help_of_every_command():
-    for command in ([], ["compress"], ["recipes"], ["recipes", "show"], ["export"], ["bench"]):
+    for command in ([], ["compress"], ["train"], ["experiment"], ["theory"], ["recipes"], ["recipes", "show"], ["export"], ["bench"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
 
