@@ -182,9 +182,10 @@ def test_experiment_end_to_end_reduced(tmp_path):
     recipe = _recipe(tmp_path, **{"train.epochs": 2, "train.gap_epochs": 1, "sparse.epochs": 1, "redense.epochs": 1})
     out = tmp_path / "experiment"
     args = ["experiment", "tiny_models:tiny_resnet", "--recipe", str(recipe), "--seeds", "0,1", "--targets", "0.5",
-            "--out", str(out), "--max-steps", "2"]
+            "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--max-steps", "2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "experiment: train-none-seed0" in result.output  # it trained
     report = (out / "report.md").read_text()
     for heading in ("Figure 3", "Table 7", "Table 8", "Accuracy against MACs", "What held at this scale"):
         assert heading in report
