@@ -105,14 +105,6 @@ def _record_instance(site: SupportSite, energy: Tensor, relative: Tensor, mask: 
     site.stat_kept_units += mask.float().mean(dim=1).sum().double()
 
 
-def fix_instance_supports(model: nn.Module, supports: dict[str, Tensor]) -> None:
-    """Every site outputs m ⊙ q with the given per-example supports (one row per example of the next
-    batch), the linear network of Eq. 13. Channel supports are broadcast over positions."""
-    for name, site in support_sites(model):
-        site.fixed_support = supports[name]
-        site.mode = "fixed"
-
-
 @torch.no_grad()
 def recalibrate_batch_norm(model: nn.Module, batches: Iterable[Tensor]) -> int:
     """Re-estimate every batch norm's running statistics from ``batches`` (an exact average over them),

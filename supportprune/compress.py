@@ -27,7 +27,6 @@ from torch.nn.parallel import DistributedDataParallel
 from supportprune import __version__, dsd
 from supportprune.alternation import (
     estimate_instance_supports,
-    fix_instance_supports,
     majority_supports,
     recalibrate_batch_norm,
     support_dims,
@@ -111,7 +110,6 @@ class RunState:
     curve: list[list[Any]] = field(default_factory=list)
     curve_mark: list[float] = field(default_factory=lambda: [-1, 0.0, 0, 0])  # epoch number, loss_sum, correct, seen at the last point
     mask_round: Optional[list[Any]] = None  # [phase, epoch] whose estimation the stored instance supports are
-    final: dict[str, Any] = field(default_factory=dict)  # a train run's closing evaluation
 
 
 @dataclass(frozen=True)
@@ -242,7 +240,7 @@ def train(
     none (ReLU, plain SGD), instance (I-alternation, Eq. 36–38) or batch (B-alternation, Eq. 39–41).
     The same loop, data order and seed serve all three, so they differ only in the support. Returns
     the closing evaluation (validation error with η* on each example, and with MaskT), also in result.json."""
-    return _execute(model_name, recipe, out_dir, TRAIN_PHASES, device, restart, reporter, max_steps_per_epoch, False).state.final
+    return _execute(model_name, recipe, out_dir, TRAIN_PHASES, device, restart, reporter, max_steps_per_epoch, False).final_result
 
 
 def _execute(model_name, recipe, out_dir, phases, device, restart, reporter, max_steps, deliver) -> "_Run":
@@ -267,6 +265,7 @@ class _Run:
         self.phases, self.deliver = phases, deliver
         self.weight_masks = None  # magnitude baseline: weights kept zero after each step of the Sparse phase
         self.mask_store = None  # I-alternation: the supports of every training example
+        self.final_result: dict[str, Any] = {}  # a train run's closing evaluation
         self.reporter = reporter if (reporter is not None and cluster.is_main) else SilentReporter()
         self.layout, self.restart, self.max_steps, self.stop_requests = RunLayout(out_dir), restart, max_steps, stop_requests
         self.requested_device = device
@@ -386,8 +385,7 @@ class _Run:
             if not fresh and any(a.get("criterion") == "magnitude" for a in self.state.alternations):
                 self.weight_masks = {name: w != 0 for name, w in prunable_weights(self.model).items()}
             optimizer.register_step_post_hook(lambda *_: self.weight_masks and apply_weight_masks(self.model, self.weight_masks))
-        steps = self.train_loader.batch_sampler.steps_per_epoch()
-        steps = steps if self.max_steps is None else min(steps, self.max_steps)
+        steps = self._steps_per_epoch()
         scheduler = make_scheduler(optimizer, config, steps)
         if not fresh:
             optimizer.load_state_dict(saved["optimizer"])
@@ -442,8 +440,6 @@ class _Run:
         reporter.stop()
         if before_batch is not None and not stopped:
             release_supports(self.model)  # evaluation and the next epoch threshold each example again
-            if phase == "sparse":
-                set_site_mode(self.model, "threshold", record_stats=False)
             self._recalibrate_batch_norm()
         if stopped:
             signal_name = self.stop_requests.signal_name or "a signal to another process"
@@ -503,7 +499,7 @@ class _Run:
         store, device = self.mask_store, self.device
 
         def fix_batch_supports(indices: torch.Tensor) -> None:
-            fix_instance_supports(self.model, store.read(indices, device))
+            fix_supports(self.model, store.read(indices, device))
 
         return fix_batch_supports
 
@@ -529,16 +525,21 @@ class _Run:
             self.mask_store = InstanceMaskStore.open(shapes, path, storage)
         self.state.mask_round = round_key
 
-    def _estimate_supports(self, shapes, examples, storage, relative_threshold, granularity, record_stats, round_key) -> None:
+    def _ordered_train_loader(self, with_indices: bool = False):
+        """The training set in index order, unshuffled: the passes that estimate supports, count them, or
+        recalibrate batch norm see the same examples in the same order on every rank."""
         from torch.utils.data import DataLoader
 
         from supportprune.data import ExampleIndices
 
+        dataset = ExampleIndices(self.data.train) if with_indices else self.data.train
+        return DataLoader(dataset, batch_size=self.recipe.data.batch_size, shuffle=False, num_workers=self.recipe.data.workers)
+
+    def _estimate_supports(self, shapes, examples, storage, relative_threshold, granularity, record_stats, round_key) -> None:
         path = self.layout.instance_supports
         temporary = path.with_name(path.name + ".tmp.npy")
         store = InstanceMaskStore.empty(shapes, examples, temporary if storage == "disk" else None)
-        loader = DataLoader(ExampleIndices(self.data.train), batch_size=self.recipe.data.batch_size, shuffle=False,
-                            num_workers=self.recipe.data.workers)
+        loader = self._ordered_train_loader(with_indices=True)
         self.reporter.start(f"{round_key[0]} {round_key[1]}: estimating supports (Eq. 38)", len(loader))
         for step, (images, _, indices) in enumerate(loader):
             supports = estimate_instance_supports(self.model, images.to(self.device), relative_threshold, granularity,
@@ -561,11 +562,7 @@ class _Run:
     def _recalibrate_batch_norm(self) -> None:
         """After an epoch with fixed supports: batch-norm statistics for the η* network (see
         ``alternation.recalibrate_batch_norm``), from the training set in index order, the same on every rank."""
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(self.data.train, batch_size=self.recipe.data.batch_size, shuffle=False,
-                            num_workers=self.recipe.data.workers)
-        batches = itertools.islice(loader, BATCH_NORM_RECALIBRATION_BATCHES)
+        batches = itertools.islice(self._ordered_train_loader(), BATCH_NORM_RECALIBRATION_BATCHES)
         recalibrate_batch_norm(self.model, (images.to(self.device) for images, _ in batches))
 
     def _stored_support_fractions(self) -> dict[str, float]:
@@ -590,8 +587,7 @@ class _Run:
         and with MaskT (the training set's majority supports, no thresholding; the paper's Table 2)."""
         train = self.recipe.train
         reduce = self.cluster.all_reduce_sum
-        release_supports(self.model)
-        set_site_mode(self.model, "threshold", record_stats=False)
+        release_supports(self.model)  # every site back to η* (B-alternation's batch mode included)
         val_loss, val_top1 = evaluate(self.model, self.val_loader, self.device, reduce=reduce)
         # MaskT uses the supports the network trained with: ReLU's for plain SGD, Eq. 38's otherwise.
         threshold = train.relative_threshold if train.alternation != "none" else 0.0
@@ -607,7 +603,7 @@ class _Run:
             "metrics": self.state.metrics, "curve": self.state.curve,
             "seconds": time.perf_counter() - self.started,
         }
-        self.state.final = {k: v for k, v in result.items() if k not in ("metrics", "curve")}
+        self.final_result = {k: v for k, v in result.items() if k not in ("metrics", "curve")}
         if self.cluster.is_main:
             _save_model_state(self.layout.model_state("trained"), self.model)
             self._write_result(result)
@@ -626,10 +622,7 @@ class _Run:
     @torch.no_grad()
     def _support_counts(self, relative_threshold: float, granularity: str) -> tuple[dict[str, torch.Tensor], int]:
         """Per site and unit, how many training examples have support (Eq. 38) under the final weights."""
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(self.data.train, batch_size=self.recipe.data.batch_size, shuffle=False,
-                            num_workers=self.recipe.data.workers)
+        loader = self._ordered_train_loader()
         counts: dict[str, torch.Tensor] = {}
         examples = 0
         for images, _ in loader:

@@ -21,9 +21,9 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from supportprune.pruning import dependency_graph, site_groups
+from supportprune.recipe import CHANNEL_CRITERIA
 from supportprune.support import support_sites
 
-CHANNEL_CRITERIA = ("l1", "l2", "random")
 PRUNABLE_WEIGHTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from supportprune.criteria import CHANNEL_CRITERIA, apply_weight_masks, channel_scores, magnitude_masks, nonzero_parameters
+from supportprune.criteria import apply_weight_masks, channel_scores, magnitude_masks, nonzero_parameters
 from supportprune.pruning import (
     apply_keep_masks,
     count_macs_params,
@@ -28,7 +28,7 @@ from supportprune.pruning import (
     search_relative_threshold,
     zero_pruned_connections,
 )
-from supportprune.recipe import SparseConfig
+from supportprune.recipe import CHANNEL_CRITERIA, SparseConfig
 from supportprune.support import reset_support_stats, set_site_mode, support_sites
 
 

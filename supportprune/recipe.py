@@ -19,7 +19,8 @@ from supportprune.errors import SupportpruneError
 
 RECIPE_VERSION = 1
 SCHEDULES = ("cosine", "step", "constant")
-CRITERIA = ("support", "magnitude", "l1", "l2", "random")
+CHANNEL_CRITERIA = ("l1", "l2", "random")  # baselines that prune channels to a MACs target
+CRITERIA = ("support", "magnitude") + CHANNEL_CRITERIA
 ALTERNATIONS = ("none", "instance", "batch")
 MASK_STORAGES = ("auto", "memory", "disk")
 
@@ -92,14 +93,11 @@ class SparseConfig(PhaseConfig):
             raise ValueError(f"criterion: must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         if self.alternation not in ("batch", "instance"):
             raise ValueError(f"alternation: must be batch or instance, got {self.alternation!r}")
-        if self.criterion in ("l1", "l2", "random") and self.target_macs is None:
+        if self.criterion in CHANNEL_CRITERIA and self.target_macs is None:
             raise ValueError(f"target_macs: criterion {self.criterion} prunes channels to a MACs target; set one (e.g. the support's)")
         if not 0 <= self.magnitude_sparsity < 1:
             raise ValueError(f"magnitude_sparsity: a fraction in [0, 1), got {self.magnitude_sparsity}")
-        if self.granularity not in ("element", "channel"):
-            raise ValueError(f"granularity: must be 'element' or 'channel', got {self.granularity!r}")
-        if self.relative_threshold < 0:
-            raise ValueError("relative_threshold: must be >= 0")
+        _check_support_options(self)
         if self.target_macs is not None and not 0 < self.target_macs <= 1:
             raise ValueError(f"target_macs: a fraction in (0, 1], got {self.target_macs}")
         _positive(self, "round_to")
@@ -133,10 +131,7 @@ class TrainConfig(PhaseConfig):
         if self.warmup_epochs < 0:
             raise ValueError("warmup_epochs: must be >= 0")
         _positive(self, "gap_epochs", "mask_memory_mb")
-        if self.granularity not in ("element", "channel"):
-            raise ValueError(f"granularity: must be 'element' or 'channel', got {self.granularity!r}")
-        if self.relative_threshold < 0:
-            raise ValueError("relative_threshold: must be >= 0")
+        _check_support_options(self)
         if self.mask_storage not in MASK_STORAGES:
             raise ValueError(f"mask_storage: must be one of {', '.join(MASK_STORAGES)}, got {self.mask_storage!r}")
 
@@ -200,6 +195,14 @@ def _positive(obj: Any, *names: str) -> None:
     for name in names:
         if getattr(obj, name) < 1:
             raise ValueError(f"{name}: must be >= 1, got {getattr(obj, name)}")
+
+
+def _check_support_options(obj: Any) -> None:
+    """The support unit and threshold, shared by the sparse and train sections."""
+    if obj.granularity not in ("element", "channel"):
+        raise ValueError(f"granularity: must be 'element' or 'channel', got {obj.granularity!r}")
+    if obj.relative_threshold < 0:
+        raise ValueError("relative_threshold: must be >= 0")
 
 
 def _plain(value: Any) -> Any:

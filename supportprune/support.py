@@ -457,7 +457,10 @@ def capture_supports(model: nn.Module, inputs: Tensor) -> dict[str, Tensor]:
 
 
 def fix_supports(model: nn.Module, supports: dict[str, Tensor]) -> None:
-    """Put every site in ``fixed`` mode with the given supports (Eq. 13: the network becomes linear)."""
+    """Put every site in ``fixed`` mode with the given supports (Eq. 13: the network becomes linear).
+
+    A support has one row per example of the next batch (I-alternation), or one row for all (MaskT);
+    channel supports, (N, C), apply to every position of their channel."""
     for name, site in support_sites(model):
         site.fixed_support = supports[name]
         site.mode = "fixed"

@@ -9,7 +9,6 @@ from torch import nn
 
 from supportprune.alternation import (
     estimate_instance_supports,
-    fix_instance_supports,
     instance_support_mask,
     majority_supports,
     recalibrate_batch_norm,
@@ -124,7 +123,7 @@ def test_stored_supports_reach_the_right_examples_under_shuffling():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     train_epoch(model, train_loader, optimizer, scheduler, torch.device("cpu"),
-                before_batch=lambda indices: fix_instance_supports(model, store.read(indices)))
+                before_batch=lambda indices: fix_supports(model, store.read(indices)))
     ids = seen[0::2]
     masks = seen[1::2]
     order = torch.cat(ids)
@@ -141,7 +140,7 @@ def test_fixed_two_layer_loss_is_the_lifted_least_squares_of_eq24():
     masks = rng.random(size=(examples, d1)) > 0.4
     model = nn.Sequential(nn.Linear(d0, d1, bias=False), nn.ReLU(), nn.Linear(d1, d2, bias=False)).double()
     converted = convert_relus(model, torch.zeros(2, d0, dtype=torch.float64))
-    fix_instance_supports(converted, {name: torch.from_numpy(masks) for name, _ in support_sites(converted)})
+    fix_supports(converted, {name: torch.from_numpy(masks) for name, _ in support_sites(converted)})
     outputs = converted(torch.from_numpy(X))
     loss = F.mse_loss(outputs, torch.from_numpy(Y), reduction="sum").item()  # Σ_n ||y_n - f(x_n)||²
     W1, W2 = model[0].weight.detach().numpy(), model[2].weight.detach().numpy()
