@@ -70,56 +70,69 @@ def select_providers(device: str = "auto") -> list[str]:
     return [CPU]
 
 
-def benchmark_onnx(
-    path: str | os.PathLike,
+def session_providers(device: str = "auto", cuda_options: dict[str, str] | None = None) -> list[Any]:
+    """``select_providers(device)`` with the CUDA provider's options attached (default: the tuned ones)."""
+    options = TUNED_CUDA_OPTIONS if cuda_options is None else cuda_options
+    return [(CUDA, options) if p == CUDA else p for p in select_providers(device)]
+
+
+def benchmark_onnx(path: str | os.PathLike, *, name: str | None = None, **options: Any) -> list[BenchResult]:
+    """Time one model at every batch size on random normal inputs (fixed seed); one result per batch size.
+    ``options`` are those of ``benchmark_side_by_side``."""
+    return benchmark_side_by_side([(name or Path(path).stem, path)], **options)
+
+
+def benchmark_side_by_side(
+    models: Sequence[tuple[str, str | os.PathLike]],
     *,
-    name: str | None = None,
     batch_sizes: Sequence[int] = (1, 64),
     runs: int = 50,
     warmup: int = 10,
     device: str = "auto",
     threads: int | None = None,
     cuda_options: dict[str, str] | None = None,
+    rounds: int = 5,
 ) -> list[BenchResult]:
-    """Time ``path`` at every batch size on random normal inputs (fixed seed); one result per batch size.
+    """Time several ``(name, path)`` models against each other: per batch size, the timed runs are split into
+    ``rounds`` that visit every model in turn, so drift of the machine (clocks, other load, caches) falls
+    on all of them alike and their ratios stay honest. Results are ordered by model, then batch size.
 
     ``cuda_options`` are CUDA provider options (default ``TUNED_CUDA_OPTIONS``; ``{}`` for ORT's defaults).
     """
-    if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
-        raise SupportpruneError("benchmark needs runs >= 1, warmup >= 0 and batch sizes >= 1")
-    path = Path(path)
-    providers: list[Any] = select_providers(device)
-    if CUDA in providers:
-        options = TUNED_CUDA_OPTIONS if cuda_options is None else cuda_options
-        providers = [(CUDA, options) if p == CUDA else p for p in providers]
-    session = _open_session(path, providers, threads)
-    macs = onnx_macs(path)
-    provider = session.get_providers()[0]
-    if device == "cuda" and provider != CUDA:
-        raise SupportpruneError(f"ONNX Runtime could not start CUDA for {path}; use --device cpu")
-    input_meta, output_name = session.get_inputs()[0], session.get_outputs()[0].name
-    sample_shape, dtype = _input_spec(input_meta, path)
-    rng = np.random.default_rng(0)
-    results = []
+    if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1 or rounds < 1:
+        raise SupportpruneError("benchmark needs runs >= 1, warmup >= 0, rounds >= 1 and batch sizes >= 1")
+    providers = session_providers(device, cuda_options)
+    opened = []
+    for name, path in models:
+        path = Path(path)
+        session = _open_session(path, providers, threads)
+        provider = session.get_providers()[0]
+        if device == "cuda" and provider != CUDA:
+            raise SupportpruneError(f"ONNX Runtime could not start CUDA for {path}; use --device cpu")
+        sample_shape, dtype = _input_spec(session.get_inputs()[0], path)
+        opened.append((name, path, session, provider, sample_shape, dtype, onnx_macs(path)))
+    times: dict[tuple[int, int], list[float]] = {}
     for batch_size in batch_sizes:
-        x = rng.standard_normal((batch_size, *sample_shape)).astype(dtype)
-        run = _runner(session, input_meta.name, output_name, x, on_gpu=provider == CUDA)
-        times = _time(run, runs, warmup)
-        median = statistics.median(times)
-        results.append(
-            BenchResult(
-                model=name or path.stem,
-                path=str(path),
-                provider=provider,
-                batch_size=batch_size,
-                runs=runs,
-                median_ms=median * 1e3,
-                p90_ms=float(np.percentile(times, 90)) * 1e3,
-                throughput=batch_size / median,
-                macs=macs,
-                precision="fp16" if dtype == np.float16 else "fp32",
-            )
-        )
+        runners = []
+        for index, (_, _, session, provider, sample_shape, dtype, _) in enumerate(opened):
+            x = np.random.default_rng(0).standard_normal((batch_size, *sample_shape)).astype(dtype)
+            run = _runner(session, session.get_inputs()[0].name, session.get_outputs()[0].name, x, on_gpu=provider == CUDA)
+            _time(run, 0, warmup)
+            runners.append(run)
+        for round_index in range(rounds):
+            share = runs // rounds + (1 if round_index < runs % rounds else 0)
+            for index, run in enumerate(runners):
+                times.setdefault((index, batch_size), []).extend(_time(run, share, 0))
+    results = []
+    for index, (name, path, _, provider, _, dtype, macs) in enumerate(opened):
+        for batch_size in batch_sizes:
+            samples = times[(index, batch_size)]
+            median = statistics.median(samples)
+            results.append(BenchResult(
+                model=name, path=str(path), provider=provider, batch_size=batch_size, runs=len(samples),
+                median_ms=median * 1e3, p90_ms=float(np.percentile(samples, 90)) * 1e3,
+                throughput=batch_size / median, macs=macs, precision="fp16" if dtype == np.float16 else "fp32",
+            ))
     return results
 
 
@@ -177,21 +190,27 @@ def realised_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _open_session(path: Path, providers: list[str], threads: int | None):
+def _open_session(path: Path | bytes, providers: list, threads: int | None):
+    """An ORT session on a model file (or serialised model bytes) with every graph optimisation on."""
     import onnxruntime as ort
 
-    if not path.is_file():
+    in_memory = isinstance(path, bytes)
+    if not in_memory and not path.is_file():
         raise SupportpruneError(f"ONNX model {path} does not exist; export it first")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
+    # Idle ORT worker threads spin for a while after each run; with several sessions timed in turn, one
+    # session's spinning threads would steal the cores of the next. No spinning: every model pays alike.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(path if in_memory else str(path), options, providers=providers)
     except Exception as error:  # ORT's pybind errors share no useful base class
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SupportpruneError(f"ONNX model {path} cannot be loaded ({first}); export it again") from error
+        what = "an in-memory ONNX model" if in_memory else f"ONNX model {path}"
+        raise SupportpruneError(f"{what} cannot be loaded ({first}); export it again") from error
 
 
 def _input_spec(meta: Any, path: Path) -> tuple[tuple[int, ...], type]:

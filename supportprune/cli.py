@@ -59,16 +59,19 @@ class RichReporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  top-1 {task.fields[top1]:.1f}%"),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True, disable=not self.console.is_terminal,
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total, loss=float("nan"), top1=0.0)
+        self._task = self._progress.add_task(description, total=total, metrics="")
 
     def advance(self, completed: int, **fields: float) -> None:
+        """``fields`` (loss, top1) are shown after the bar when a step reports them; NaN ones are left out."""
         if self._progress is not None:
-            self._progress.update(self._task, completed=completed, **fields)
+            shown = {name: value for name, value in fields.items() if value == value}
+            metrics = "  ".join(f"loss {v:.4f}" if k == "loss" else f"top-1 {v:.1f}%" if k == "top1" else f"{k} {v:g}"
+                                for k, v in shown.items())
+            self._progress.update(self._task, completed=completed, metrics=metrics)
 
     def stop(self) -> None:
         if self._progress is not None:
@@ -115,6 +118,7 @@ def compress(
     round_to: Optional[int] = typer.Option(None, "--round-to", help="keep channel counts multiples of this"),
     criterion: Optional[str] = typer.Option(None, "--criterion", help="what prunes in the Sparse step: support (the paper), or a baseline: magnitude (DSD), l1, l2, random (channels, at --target-macs)"),
     sparse_alternation: Optional[str] = typer.Option(None, "--sparse-alternation", help="support criterion: batch (B-alternation) or instance (I-alternation)"),
+    allocation: Optional[str] = typer.Option(None, "--allocation", help="where the MACs cut falls: global (one threshold) or latency (per group, by layer latencies measured on the benchmark device)"),
     restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
@@ -128,7 +132,7 @@ def compress(
         "data.channels": channels, "data.mean": _floats(mean, "--mean"), "data.std": _floats(std, "--std"),
         "data.batch_size": batch_size, "sparse.granularity": granularity,
         "sparse.relative_threshold": relative_threshold, "sparse.target_macs": target_macs, "sparse.round_to": round_to,
-        "sparse.criterion": criterion, "sparse.alternation": sparse_alternation,
+        "sparse.criterion": criterion, "sparse.alternation": sparse_alternation, "sparse.allocation": allocation,
     }
     resolved = with_overrides(load_recipe(recipe_path), overrides, f"{recipe_path} with command-line options")
     out_dir = out or Path("runs") / model.replace(":", "_").replace("/", "_")
@@ -270,13 +274,14 @@ def bench(
     """Benchmark ONNX models with ONNX Runtime: median and p90 latency, throughput, and speed against MACs.
 
     fp16 models (exported with export.fp16) are fed fp16 inputs. On a GPU the input is bound on the device."""
-    from supportprune.bench import benchmark_onnx, realised_markdown, realised_speedups, results_markdown, write_benchmark
+    from supportprune.bench import benchmark_side_by_side, realised_markdown, realised_speedups, results_markdown, write_benchmark
 
     sizes = _ints(batch_sizes, "--batch-sizes")
-    results = []
-    for path in models:
-        results += benchmark_onnx(path, name=path.stem, batch_sizes=sizes, runs=runs, warmup=warmup, device=device,
-                                  cuda_options={} if cuda_defaults else None)
+    if len({path.stem for path in models}) < len(models):
+        raise SupportpruneError("two models share a file name; rename one so the results can tell them apart")
+    # Side by side: the timed runs of all models are interleaved, so their ratios do not depend on drift.
+    results = benchmark_side_by_side([(path.stem, path) for path in models], batch_sizes=sizes, runs=runs,
+                                     warmup=warmup, device=device, cuda_options={} if cuda_defaults else None)
     if baseline is not None and baseline not in {r.model for r in results}:
         raise SupportpruneError(f"--baseline {baseline!r} is none of the benchmarked models ({', '.join(p.stem for p in models)})")
     realised = realised_speedups(results, baseline) if baseline else []

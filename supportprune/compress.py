@@ -146,6 +146,7 @@ class RunLayout:
         self.plots = self.root / "plots"
         self.instance_supports = self.root / "masks" / "instance-supports.npy"
         self.result = self.root / "result.json"  # a train run's (or an undelivered compress run's) final numbers
+        self.latency_table = self.root / "latency-table.json"  # sparse.allocation latency: measured once, reused
 
     def model_state(self, kind: str) -> Path:
         return self.root / "models" / f"{kind}.pt"
@@ -545,7 +546,7 @@ class _Run:
             supports = estimate_instance_supports(self.model, images.to(self.device), relative_threshold, granularity,
                                                   record_stats=record_stats)
             store.write(indices, supports)
-            self.reporter.advance(step + 1, loss=float("nan"), top1=float("nan"))
+            self.reporter.advance(step + 1)
         self.reporter.stop()
         if storage == "disk":
             store.rows.flush()
@@ -653,18 +654,56 @@ class _Run:
             )
             return
         if self.cluster.is_main:
+            table = self._latency_table() if self.recipe.sparse.allocation == "latency" else None
             result = dsd.alternation_point(self.model, self.example, self.recipe.sparse, self.baseline_macs,
-                                           seed=self.recipe.seed)
+                                           seed=self.recipe.seed, layer_latency=table)
             self.state.alternations.append({"epoch": epoch, **asdict(result)})
             what = ("support" if self.recipe.sparse.criterion == "support" else f"{self.recipe.sparse.criterion} channel")
             self.reporter.message(
                 f"alternation point after sparse epoch {epoch} ({what} criterion): kept {result.channels_kept}/"
                 f"{result.channels_total} site channels, {100 * result.macs / self.baseline_macs:.1f}% of MACs "
                 f"(pruning threshold {result.relative_threshold:.4g})"
+                + (f"; predicted speed-up of the conv/linear layers {result.predicted_speedup:.2f}×"
+                   if result.predicted_speedup else "")
             )
         else:
             reset_support_stats(self.model)
         self.cluster.broadcast_tensors([site.keep for site in sites])
+
+    def _latency_table(self):
+        """The layer latency table for ``allocation: latency``: read back from the run directory when it was
+        measured for these layers and settings on the same kind of provider, else measured now (rank 0)."""
+        from supportprune.allocation import layer_shapes
+        from supportprune.bench import gpu_available, select_providers
+        from supportprune.latency import LatencyTable, measure_latency_table
+
+        sparse, bench = self.recipe.sparse, self.recipe.bench
+        batch_size = sparse.latency_batch_size or max(bench.gpu_batch_sizes if gpu_available() else bench.batch_sizes)
+        shapes = layer_shapes(self.model, self.example)
+        provider = select_providers("auto")[0]
+        path = self.layout.latency_table
+        if path.exists():
+            table = LatencyTable.load(path)
+            if table.provider == provider and table.matches(shapes, batch_size, sparse.latency_precision, sparse.round_to):
+                return table
+        self.reporter.message(f"timing {len(shapes)} layers at batch {batch_size} ({sparse.latency_precision}) on "
+                              f"{provider} for the latency-aware allocation")
+        started = []
+
+        def progress(done: int, total: int) -> None:
+            if not started:
+                self.reporter.start("timing layers", total)
+                started.append(True)
+            self.reporter.advance(done)
+
+        try:
+            table = measure_latency_table(shapes, batch_size=batch_size, round_to=sparse.round_to,
+                                          precision=sparse.latency_precision, runs=bench.runs, warmup=bench.warmup,
+                                          progress=progress)
+        finally:
+            self.reporter.stop()
+        table.save(path)
+        return table
 
     def _leave_phase(self, phase: str) -> None:
         if phase == "dense":
@@ -808,7 +847,7 @@ def _check_batch(loader, size: int) -> torch.Tensor:
 
 def _benchmark(recipe: Recipe, layout: RunLayout, reporter: Reporter) -> list[Any]:
     from supportprune.bench import (
-        benchmark_onnx,
+        benchmark_side_by_side,
         gpu_available,
         realised_markdown,
         realised_speedups,
@@ -817,13 +856,11 @@ def _benchmark(recipe: Recipe, layout: RunLayout, reporter: Reporter) -> list[An
     )
 
     batch_sizes = recipe.bench.gpu_batch_sizes if gpu_available() else recipe.bench.batch_sizes
-    results = []
-    for fp16 in (False, True) if recipe.export.fp16 else (False,):
-        for kind in MODEL_KINDS:
-            path = layout.onnx(kind, fp16)
-            reporter.message(f"benchmarking {path.name} at batch sizes {', '.join(map(str, batch_sizes))}")
-            results += benchmark_onnx(path, name=kind, batch_sizes=batch_sizes, runs=recipe.bench.runs,
-                                      warmup=recipe.bench.warmup)
+    models = [(kind, layout.onnx(kind, fp16)) for fp16 in ((False, True) if recipe.export.fp16 else (False,))
+              for kind in MODEL_KINDS]
+    reporter.message(f"benchmarking {', '.join(path.name for _, path in models)} side by side at batch sizes "
+                     f"{', '.join(map(str, batch_sizes))}")
+    results = benchmark_side_by_side(models, batch_sizes=batch_sizes, runs=recipe.bench.runs, warmup=recipe.bench.warmup)
     if results:
         reporter.message(f"ONNX Runtime provider: {results[0].provider}")
     realised = realised_speedups(results, "baseline")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from supportprune.allocation import LayerLatency, latency_aware_keep_masks, predicted_latency
 from supportprune.criteria import apply_weight_masks, channel_scores, magnitude_masks, nonzero_parameters
 from supportprune.pruning import (
     apply_keep_masks,
@@ -41,6 +42,9 @@ class AlternationResult:
     observed_batches: int
     params: int = 0  # of the pruned model (magnitude: weights that are not zero)
     criterion: str = "support"
+    allocation: str = "global"
+    # allocation latency: the latency table's prediction for the conv/linear layers, dense ÷ pruned
+    predicted_speedup: float | None = None
 
 
 def begin_sparse(model: nn.Module, config: SparseConfig, *, reset: bool = True) -> None:
@@ -75,7 +79,13 @@ def zero_support_channels(model: nn.Module, relative_threshold: float | None = N
 
 
 def alternation_point(
-    model: nn.Module, example_input: Tensor, config: SparseConfig, baseline_macs: int, *, seed: int = 0
+    model: nn.Module,
+    example_input: Tensor,
+    config: SparseConfig,
+    baseline_macs: int,
+    *,
+    seed: int = 0,
+    layer_latency: LayerLatency | None = None,
 ) -> AlternationResult:
     """Prune (by keep masks) the channels whose support stayed zero. With a MACs target, the pruning
     threshold is searched so the zero-support channels meet it; the training masks keep the recipe's
@@ -83,9 +93,27 @@ def alternation_point(
     of each layer anew at every step, and training does not survive that). Statistics restart.
 
     Channel baselines (``criterion`` l1, l2, random) prune to the same MACs target by the same search
-    over their own scores. (``magnitude`` prunes weights, not channels: see ``magnitude_point``.)"""
+    over their own scores. (``magnitude`` prunes weights, not channels: see ``magnitude_point``.)
+
+    ``allocation: latency`` (needs ``layer_latency``, a measured table) spends the same MACs cut where the
+    table says it saves the most time per unit of score lost (``allocation.latency_aware_keep_masks``);
+    the reported threshold is then the highest score pruned."""
     observed = max((int(site.stat_batches) for _, site in support_sites(model)), default=0)
-    if config.criterion in CHANNEL_CRITERIA:
+    predicted_speedup = None
+    if config.allocation == "latency":
+        if layer_latency is None:
+            raise ValueError("allocation latency needs a layer latency table")
+        scores = (channel_scores(model, example_input, config.criterion, seed=seed)
+                  if config.criterion in CHANNEL_CRITERIA else
+                  {name: site.stat_max_relative_energy.clone() for name, site in support_sites(model)})
+        dense_latency = predicted_latency(model, example_input, layer_latency)  # the masked model has full widths
+        keep, _, latency = latency_aware_keep_masks(
+            model, example_input, scores, int(config.target_macs * baseline_macs), layer_latency, round_to=config.round_to
+        )
+        pruned = [scores[name].cpu()[(site.keep.cpu() > 0) & (keep[name] == 0)] for name, site in support_sites(model)]
+        threshold = float(torch.cat(pruned).max()) if sum(p.numel() for p in pruned) else 0.0
+        predicted_speedup = dense_latency / latency if latency > 0 else None
+    elif config.criterion in CHANNEL_CRITERIA:
         scores = channel_scores(model, example_input, config.criterion, seed=seed)
         threshold, keep, _ = search_relative_threshold(
             model, example_input, scores, int(config.target_macs * baseline_macs), round_to=config.round_to
@@ -104,7 +132,8 @@ def alternation_point(
     macs, params = count_macs_params(prune_to_keep_masks(model, example_input), example_input)
     kept = sum(int(mask.sum()) for mask in keep.values())
     total = sum(mask.numel() for mask in keep.values())
-    return AlternationResult(threshold, kept, total, macs, observed, params, config.criterion)
+    return AlternationResult(threshold, kept, total, macs, observed, params, config.criterion, config.allocation,
+                             predicted_speedup)
 
 
 def magnitude_point(

@@ -19,6 +19,7 @@ from supportprune.errors import SupportpruneError
 
 RECIPE_VERSION = 1
 SCHEDULES = ("cosine", "step", "constant")
+ALLOCATIONS = ("global", "latency")
 CHANNEL_CRITERIA = ("l1", "l2", "random")  # baselines that prune channels to a MACs target
 CRITERIA = ("support", "magnitude") + CHANNEL_CRITERIA
 ALTERNATIONS = ("none", "instance", "batch")
@@ -86,9 +87,22 @@ class SparseConfig(PhaseConfig):
     criterion: str = "support"
     alternation: str = "batch"  # support criterion: B-alternation (Eq. 41) or I-alternation (Eq. 38)
     magnitude_sparsity: float = 0.3  # criterion magnitude: share of conv/linear weights zeroed per layer
+    # Where the MACs cut falls: one threshold over the whole network (global), or per coupled group by
+    # support lost per second saved, from layer latencies measured on the benchmark device (latency).
+    allocation: str = "global"
+    latency_batch_size: Optional[int] = None  # batch the layers are timed at; None: the largest benchmark batch
+    latency_precision: str = "fp32"  # fp32, or fp16 (time the layers as an fp16 export runs them)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation: must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if self.allocation == "latency" and (self.target_macs is None or self.criterion == "magnitude"):
+            raise ValueError("allocation: latency spreads a channel cut to target_macs; set target_macs, with a channel criterion")
+        if self.latency_precision not in ("fp32", "fp16"):
+            raise ValueError(f"latency_precision: must be fp32 or fp16, got {self.latency_precision!r}")
+        if self.latency_batch_size is not None:
+            _positive(self, "latency_batch_size")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion: must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         if self.alternation not in ("batch", "instance"):

@@ -57,10 +57,18 @@ def write_report(layout, model_name, recipe, data_description, summaries, bench,
     if has_fp16:
         realised_table += "\n" + results_markdown(bench)
     revived = state.revived_channels if state.revived_channels is not None else 0
+    latency = recipe.sparse.allocation == "latency"
     alternations = "\n".join(
         f"| {a['epoch']} | {a['relative_threshold']:.4g} | {a['channels_kept']} / {a['channels_total']} | {a['macs'] / 1e6:,.1f} M | {a['observed_batches']} |"
+        + (f" {a['predicted_speedup']:.2f}× |" if latency and a.get("predicted_speedup") else " |" if latency else "")
         for a in state.alternations
     )
+    allocation_text = (
+        "\n\nAllocation `latency`: the cut to the MACs target was spread over the coupled channel groups by "
+        "support lost per second saved, from layer latencies timed with ONNX Runtime on this machine "
+        "(`latency-table.json`); the weakest channels of a group go first, and the threshold shown is the "
+        "highest score pruned. The predicted speed-up covers the convolution and linear layers only."
+        if latency else "")
     text = f"""# supportprune report: {model_name}
 
 Dense–Sparse–Dense with {_criterion_text(recipe.sparse)}, on {data_description}.
@@ -84,10 +92,10 @@ graphs; 1.0 means all of it){fp16_note}:
 Channels whose batch support (Eq. 41, granularity `{recipe.sparse.granularity}`) stayed zero over the
 batches observed since the previous point are pruned; a channel of a residual stream or concatenation only when
 every site it passes through lost it. With a MACs target the pruning threshold is searched (the training masks
-keep the recipe's `relative_threshold`, {recipe.sparse.relative_threshold:g}).
+keep the recipe's `relative_threshold`, {recipe.sparse.relative_threshold:g}).{allocation_text}
 
-| after sparse epoch | pruning threshold (× mean unit energy) | site channels kept | MACs | batches observed |
-|---:|---:|---:|---:|---:|
+| after sparse epoch | pruning threshold (× mean unit energy) | site channels kept | MACs | batches observed |{" predicted speed-up |" if latency else ""}
+|---:|---:|---:|---:|---:|{"---:|" if latency else ""}
 {alternations}
 
 Re-dense brought {revived} pruned channels back with their weights at zero. Whole channels that return at

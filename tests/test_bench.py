@@ -139,3 +139,24 @@ def test_tuned_cuda_options_are_passed_only_with_a_gpu(tiny_onnx, monkeypatch):
     assert seen["providers"][0] == ("CUDAExecutionProvider", bench.TUNED_CUDA_OPTIONS)
     benchmark_onnx(tiny_onnx, batch_sizes=[1], runs=1, warmup=0, device="auto", cuda_options={})
     assert seen["providers"][0] == ("CUDAExecutionProvider", {})
+
+
+def test_side_by_side_times_every_model_at_every_batch_in_interleaved_rounds(tiny_onnx, monkeypatch):
+    calls = []
+    real_time = bench._time
+
+    def recording_time(run, runs, warmup):
+        calls.append((run, runs, warmup))
+        return real_time(run, runs, warmup)
+
+    monkeypatch.setattr(bench, "_time", recording_time)
+    results = bench.benchmark_side_by_side([("a", tiny_onnx), ("b", tiny_onnx)], batch_sizes=(1, 2), runs=7,
+                                           warmup=2, rounds=3, device="cpu")
+    assert [(r.model, r.batch_size, r.runs) for r in results] == [("a", 1, 7), ("a", 2, 7), ("b", 1, 7), ("b", 2, 7)]
+    # Per batch size: each model warmed up once, then rounds of 3, 2 and 2 timed runs alternating a, b.
+    timed = [(runs, warmup) for _, runs, warmup in calls]
+    assert timed == ([(0, 2), (0, 2)] + [(3, 0), (3, 0), (2, 0), (2, 0), (2, 0), (2, 0)]) * 2
+    runners = [run for run, runs, _ in calls if runs]
+    assert runners[0] is not runners[1] and runners[0] is runners[2]
+    with pytest.raises(SupportpruneError, match="rounds >= 1"):
+        bench.benchmark_side_by_side([("a", tiny_onnx)], rounds=0, device="cpu")

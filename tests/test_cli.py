@@ -223,6 +223,27 @@ def test_export_and_bench_commands_on_a_finished_run(finished_run, tmp_path):
                                 "--warmup", "1", "--out", str(tmp_path)])
     assert bench.exit_code == 0, bench.output
     assert "CPUExecutionProvider" in bench.output and (tmp_path / "benchmark.json").exists()
+    same_stem = tmp_path / "copy" / "sparse.onnx"
+    same_stem.parent.mkdir()
+    same_stem.write_bytes((out / "sparse.onnx").read_bytes())
+    one_line_error(runner.invoke(app, ["bench", str(out / "sparse.onnx"), str(same_stem)]), "share a file name")
+
+
+def test_compress_with_latency_allocation_times_the_layers_once(tmp_path):
+    out = tmp_path / "out"
+    result = _compress(tmp_path, out, "--target-macs", "0.6", "--allocation", "latency", "--round-to", "2")
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "latency-table.json").read_text())
+    assert table["provider"] == "CPUExecutionProvider" and table["batch_size"] == 4  # the largest bench batch
+    assert {"stem", "block1.conv1", "fc"} <= set(table["layers"])
+    stamp = (out / "latency-table.json").stat().st_mtime_ns  # both alternation points use the one table
+    points = read_checkpoint(out / "checkpoints" / "last.pt")["run"]["alternations"]
+    assert len(points) == 2 and all(p["allocation"] == "latency" and p["predicted_speedup"] > 0 for p in points)
+    models = {m["kind"]: m for m in json.loads((out / "export.json").read_text())["models"]}
+    assert models["sparse"]["macs"] <= 0.6 * models["baseline"]["macs"]
+    assert "Allocation `latency`" in (out / "report.md").read_text()
+    assert "predicted speed-up" in result.output
+    assert (out / "latency-table.json").stat().st_mtime_ns == stamp
 
 
 # ------------------------------------------------------------------------------------------------

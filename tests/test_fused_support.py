@@ -243,3 +243,50 @@ def test_eager_relu_shortcut_follows_beta_changes():
     assert torch.equal(site(q), expected)
     site.beta = torch.zeros(4)  # replaced
     assert torch.equal(site(q), torch.relu(q))
+
+
+@pytest.mark.parametrize("granularity", ["element", "channel"])
+@pytest.mark.parametrize("with_beta", [False, True])
+def test_inplace_site_equals_reference_and_writes_into_its_input(granularity, with_beta):
+    torch.manual_seed(4)
+    beta, keep = _beta_and_keep(6)
+    site = _site(6, granularity, beta=beta if with_beta else None, keep=keep)
+    inplace = copy.deepcopy(site)
+    inplace.inplace = True
+    x = torch.randn(16, 6, 5, 7)
+    grad_out = torch.randn_like(x)
+    reference, out_ref, grad_ref = _run(site, x, False, grad_out)
+    leaf = x.clone().requires_grad_(True)
+    q = leaf * 1.0  # a non-leaf, as a batch norm's output is
+    out = inplace(q)
+    assert out.data_ptr() == q.data_ptr()  # no new activation
+    out.backward(grad_out)
+    torch.testing.assert_close(out.detach(), out_ref, atol=0, rtol=0)
+    torch.testing.assert_close(leaf.grad, grad_ref, atol=0, rtol=0)
+    for name in STATS:
+        torch.testing.assert_close(getattr(inplace, name), getattr(reference, name), rtol=1e-6, atol=0.0)
+
+
+def test_sites_are_inplace_exactly_where_the_relus_were():
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.module_inplace = torch.nn.ReLU(inplace=True)
+            self.module_plain = torch.nn.ReLU()
+
+        def forward(self, x):
+            x = self.module_inplace(self.conv(x))
+            x = self.module_plain(x * 2)
+            x = F.relu(x * 2, inplace=True)
+            x = F.relu(x * 2)
+            return torch.relu_(x * 2).relu_()
+
+    model = convert_relus(Mixed(), torch.randn(2, 1, 6, 6))
+    assert [site.inplace for _, site in support_sites(model)] == [True, False, True, False, True, True]
+    # A converted torchvision model computes the same as before, in-place sites and all.
+    reference = torchvision.models.resnet18(num_classes=10).eval()
+    converted = convert_relus(copy.deepcopy(reference), torch.randn(1, 3, 32, 32)).eval()
+    assert all(site.inplace for _, site in support_sites(converted))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(converted(x), reference(x))

@@ -1,12 +1,15 @@
 """Side-by-side ONNX Runtime benchmark: a dense torchvision model against support-pruned versions of it.
 
-For each MACs target and channel rounding, supports are observed with B-alternation on calibration
-batches (Gaussian images: the timing depends on channel counts, not on which channels survive), the
-threshold is searched to meet the target, the model is pruned with torch-pruning, exported and timed.
-Prints (and writes, with --out) a table of throughput speed-up against the MACs reduction.
+For each MACs target, channel rounding and allocation, supports are observed with B-alternation on
+calibration batches (Gaussian images: the timing depends on channel counts, not on which channels
+survive) and the model is pruned to the target with torch-pruning: by one threshold over the network
+(allocation global), or spread over the channel groups by layer latencies measured with ONNX Runtime
+on this device (allocation latency; the table is timed at the largest batch size). All variants are
+exported, then timed side by side (interleaved rounds). Prints (and writes, with --out) a table of
+throughput speed-up against the MACs reduction.
 
-    python tools/bench_pruned.py --model resnet18 --input-size 224 --targets 0.5 --round-to 1,8 \
-        --batch-sizes 1,256 --out benchmarks/results/resnet18-cuda.md
+    python tools/bench_pruned.py --model resnet18 --input-size 224 --targets 0.5 --round-to 8 \
+        --allocations global,latency --batch-sizes 1,256 --out benchmarks/results/resnet18-cuda.md
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from supportprune import dsd  # noqa: E402
-from supportprune.bench import TUNED_CUDA_OPTIONS, benchmark_onnx, environment  # noqa: E402
+from supportprune.allocation import layer_shapes  # noqa: E402
+from supportprune.bench import TUNED_CUDA_OPTIONS, benchmark_side_by_side, environment  # noqa: E402
+from supportprune.latency import measure_latency_table  # noqa: E402
 from supportprune.export import export_onnx  # noqa: E402
 from supportprune.models import ModelSpec, build_model  # noqa: E402
 from supportprune.pruning import count_macs_params  # noqa: E402
@@ -30,19 +35,22 @@ from supportprune.recipe import SparseConfig  # noqa: E402
 from supportprune.support import convert_relus, export_ready  # noqa: E402
 
 
-def pruned_variant(model, example, target: float, round_to: int, calibration: list[torch.Tensor]):
+def pruned_variant(model, example, target: float, round_to: int, calibration: list[torch.Tensor],
+                   allocation: str = "global", layer_latency=None):
+    """The support-pruned model and the alternation point's result (None for the dense model)."""
     variant = convert_relus(model, example)
     if target >= 1.0:
-        return variant.eval()
-    config = SparseConfig(epochs=1, target_macs=target, round_to=round_to, granularity="channel")
+        return variant.eval(), None
+    config = SparseConfig(epochs=1, target_macs=target, round_to=round_to, granularity="channel", allocation=allocation)
     dsd.begin_sparse(variant, config)
     variant.train()
     with torch.no_grad():
         for batch in calibration:
             variant(batch)
-    dsd.alternation_point(variant, example, config, count_macs_params(variant, example)[0])
+    result = dsd.alternation_point(variant, example, config, count_macs_params(variant, example)[0],
+                                   layer_latency=layer_latency)
     dsd.end_sparse(variant)
-    return dsd.build_sparse_model(variant.eval(), example)
+    return dsd.build_sparse_model(variant.eval(), example), result
 
 
 def main() -> None:
@@ -54,10 +62,14 @@ def main() -> None:
     parser.add_argument("--targets", default="0.5", help="fractions of MACs to keep, comma-separated")
     parser.add_argument("--round-to", default="1,8", help="channel roundings to compare, comma-separated")
     parser.add_argument("--batch-sizes", default="1,64")
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--allocations", default="global", help="global, latency or both (comma-separated)")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per model and batch size")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the runs are split into")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="auto", help="ONNX Runtime device: auto, cuda, cpu")
     parser.add_argument("--precisions", default="fp32", help="fp32, fp16 or both (comma-separated)")
+    parser.add_argument("--latency-precision", default=None, help="precision the latency table is timed in "
+                        "(default: fp16 when it is among --precisions, else fp32)")
     parser.add_argument("--cuda-defaults", action="store_true", help="ORT's default CUDA options instead of the tuned ones")
     parser.add_argument("--out", type=Path, default=None, help="markdown results file to write")
     args = parser.parse_args()
@@ -68,55 +80,74 @@ def main() -> None:
     calibration = [torch.randn(16, args.channels, args.input_size, args.input_size) for _ in range(2)]
     check = torch.randn(4, args.channels, args.input_size, args.input_size)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    variants = [(1.0, 1)] + [(float(t), int(r)) for t in args.targets.split(",") for r in args.round_to.split(",")]
-
     precisions = args.precisions.split(",")
-    rows = []
+    latency_precision = args.latency_precision or ("fp16" if "fp16" in precisions else "fp32")
+    allocations = args.allocations.split(",")
+    variants = [(1.0, 1, "dense")] + [(float(t), int(r), a) for t in args.targets.split(",")
+                                      for r in args.round_to.split(",") for a in allocations]
+    tables = {}
+    rows, models = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for target, round_to in variants:
+        for target, round_to, allocation in variants:
             model = build_model(spec).eval()
-            pruned = export_ready(pruned_variant(model, example, target, round_to, calibration))
+            table = None
+            if allocation == "latency":
+                if round_to not in tables:
+                    shapes = layer_shapes(convert_relus(build_model(spec).eval(), example), example)
+                    tables[round_to] = measure_latency_table(shapes, batch_size=max(batch_sizes), round_to=round_to,
+                                                             precision=latency_precision, device=args.device)
+                    print(f"latency table (round_to {round_to}, batch {max(batch_sizes)}, {latency_precision}) "
+                          f"on {tables[round_to].provider}", flush=True)
+                table = tables[round_to]
+            pruned, point = pruned_variant(model, example, target, round_to, calibration, allocation, table)
+            pruned = export_ready(pruned)
+            predicted = point.predicted_speedup if point is not None else None
             for precision in precisions:
-                path = Path(tmp) / f"{args.model}-{target}-{round_to}-{precision}.onnx"
+                path = Path(tmp) / f"{args.model}-{target}-{round_to}-{allocation}-{precision}.onnx"
                 export_onnx(pruned, path, example_input=example, check_input=check, tolerance=1e-2,
                             fp16=precision == "fp16")
-                results = benchmark_onnx(path, name=f"{target}-{round_to}", batch_sizes=batch_sizes, runs=args.runs,
-                                         warmup=args.warmup, device=args.device,
+                rows.append((target, round_to, allocation, precision, path.stem, predicted))
+                models.append((path.stem, path))
+                print(f"exported {path.stem}", flush=True)
+        results = benchmark_side_by_side(models, batch_sizes=batch_sizes, runs=args.runs, warmup=args.warmup,
+                                         rounds=args.rounds, device=args.device,
                                          cuda_options={} if args.cuda_defaults else None)
-                rows.append((target, round_to, precision, results))
-                print(f"{path.stem}: {results[0].macs / 1e9:.3f} GMACs, " + ", ".join(
-                    f"batch {r.batch_size}: {r.throughput:,.0f} img/s" for r in results), flush=True)
-
-    reference = {(p, r.batch_size): r for t, _, p, results in rows if t >= 1.0 for r in results}
+    by_model = {}
+    for result in results:
+        by_model.setdefault(result.model, []).append(result)
+    reference = {(p, r.batch_size): r for t, _, _, p, stem, _ in rows if t >= 1.0 for r in by_model[stem]}
     fp32_dense = {b: reference[("fp32", b)] for b in batch_sizes if ("fp32", b) in reference}
-    header = "| precision | MACs target | round_to | GMACs | MACs reduction | " + " | ".join(
+    header = "| precision | MACs target | round_to | allocation | predicted speed-up | GMACs | MACs reduction | " + " | ".join(
         f"batch {b}: images/s | speed-up | realised" for b in batch_sizes) + " |"
-    lines = [header, "|" + "---|" * (5 + 3 * len(batch_sizes))]
-    for target, round_to, precision, results in rows:
-        base = reference[(precision, results[0].batch_size)]
-        reduction = base.macs / results[0].macs
+    lines = [header, "|" + "---|" * (7 + 3 * len(batch_sizes))]
+    for target, round_to, allocation, precision, stem, predicted in rows:
+        measured = by_model[stem]
+        base = reference[(precision, measured[0].batch_size)]
+        reduction = base.macs / measured[0].macs
         cells = []
-        for result in results:
+        for result in measured:
             speedup = result.throughput / reference[(precision, result.batch_size)].throughput
             cells += [f"{result.throughput:,.0f}", f"{speedup:.2f}", f"{speedup / reduction:.2f}"]
         label = "none (dense)" if target >= 1.0 else f"{target:g}"
-        lines.append(f"| {precision} | {label} | {round_to} | {results[0].macs / 1e9:.3f} | {reduction:.2f} | "
-                     + " | ".join(cells) + " |")
+        lines.append(f"| {precision} | {label} | {round_to} | {allocation if target < 1.0 else ''} | "
+                     f"{f'{predicted:.2f}' if predicted else ''} | {measured[0].macs / 1e9:.3f} | {reduction:.2f} | " + " | ".join(cells) + " |")
     if "fp16" in precisions and fp32_dense:
         lines.append("")
         lines.append("Dense fp16 over dense fp32: " + ", ".join(
             f"batch {b}: {reference[('fp16', b)].throughput / fp32_dense[b].throughput:.2f}×" for b in fp32_dense))
     env = environment()
-    provider = rows[0][3][0].provider
+    provider = results[0].provider
     options = "ORT default CUDA options" if args.cuda_defaults else f"tuned CUDA options {TUNED_CUDA_OPTIONS}"
     text = (
         f"# {args.model}: support-pruned vs dense, ONNX Runtime ({provider})\n\n"
         f"Date {datetime.now(timezone.utc):%Y-%m-%d}; device: {env.get('cuda_device') or env['host']['processor'] + ', ' + str(env['host']['cpu_count']) + ' CPUs'}; "
         f"onnxruntime {env.get('onnxruntime')}; input {args.channels}×{args.input_size}×{args.input_size}; "
-        f"median of {args.runs} runs after {args.warmup} warm-up" + (f"; {options}" if provider.startswith("CUDA") else "") + ".\n"
+        f"median of {args.runs} runs (in {args.rounds} interleaved rounds over all variants) after {args.warmup} warm-up"
+        + (f"; {options}" if provider.startswith("CUDA") else "") + ".\n"
         f"Command: `python tools/bench_pruned.py {' '.join(sys.argv[1:])}`\n\n"
         "Speed-ups are against the dense model of the same precision. 'realised' = speed-up ÷ MACs reduction "
-        "(1.0: the MACs saving fully turned into speed).\n\n"
+        "(1.0: the MACs saving fully turned into speed). 'predicted speed-up' (allocation latency): what the layer "
+        f"latency table (batch {max(batch_sizes)}, {latency_precision}) predicted for the conv and linear layers.\n\n"
         + "\n".join(lines) + "\n"
     )
     print(text)
