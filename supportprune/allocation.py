@@ -7,7 +7,9 @@ almost no speed (benchmarks/results/2026-11-23-h100-gpu-speed.md). Here the supp
 *which* channels of a group go (the weakest first), but *how many per group* is decided greedily:
 each step removes ``round_to`` channels from the group whose removal costs the least support per
 second of predicted latency saved (a greedy knapsack, as in HALP: Shen et al., "Structural pruning
-via latency-saliency knapsack", NeurIPS 2022), until the MACs target is met.
+via latency-saliency knapsack", NeurIPS 2022), until the predicted latency meets its target. The
+constraint is the time itself: a MACs budget would make the greedy trade support for MACs, and which
+cut saves MACs is not which cut saves time.
 
 Latency is predicted per layer by a caller-supplied ``layer_latency(name, in_channels, out_channels)``
 (in practice, a table measured with ONNX Runtime on the deployment device: ``latency.LatencyTable``).
@@ -130,12 +132,14 @@ def latency_aware_keep_masks(
     model: nn.Module,
     example_input: Tensor,
     scores: dict[str, Tensor],
-    target_macs: int,
+    target_latency: float,
     layer_latency: LayerLatency,
     *,
     round_to: int = 1,
 ) -> tuple[dict[str, Tensor], int, float]:
-    """Keep masks (per site, 0/1) that bring the pruned model to ``target_macs`` or below.
+    """Keep masks (per site, 0/1) that bring the predicted latency of the pruned model's convolution and
+    linear layers to ``target_latency`` (seconds, as ``layer_latency`` counts them) or below, or as close
+    as the floors (one ``round_to`` multiple per group) allow.
 
     ``scores[site]`` ranks a site's channels (support statistics, or a baseline's norms); a root channel
     scores the highest of its sites (it lives while any site needs it). Channels already pruned stay
@@ -174,19 +178,13 @@ def latency_aware_keep_masks(
         return (max(1, round(shape.in_channels - removal[(name, "in")])),
                 max(1, round(shape.out_channels - removal[(name, "out")])))
 
-    def cost(name: str, removal: dict[tuple[str, str], float]) -> tuple[float, int]:
+    def latency(name: str, removal: dict[tuple[str, str], float]) -> float:
         in_channels, out_channels = width(name, removal)
-        shape = shapes[name]
-        if shape.depthwise:  # its input channels are its output channels
+        if shapes[name].depthwise:  # its input channels are its output channels
             in_channels = out_channels
-        return layer_latency(name, in_channels, out_channels), shape.macs(in_channels, out_channels)
+        return layer_latency(name, in_channels, out_channels)
 
-    # The MACs target applies to torch-pruning's count (which adds batch norms and the like); the greedy
-    # works on the conv/linear MACs, scaled to the same target, and the exact count is checked at the end.
-    dense_layer_macs = sum(cost(name, removed)[1] for name in shapes)
-    dense_macs, _ = count_macs_params(prune_to_keep_masks(model, example_input), example_input)
-    layer_target = target_macs * dense_layer_macs / max(dense_macs, 1)
-    layer_costs = {name: cost(name, removed) for name in shapes}
+    layer_latencies = {name: latency(name, removed) for name in shapes}
 
     def keep_masks() -> dict[str, Tensor]:
         keep = {name: (site.keep > 0).cpu().clone() for name, site in support_sites(model)}
@@ -198,7 +196,7 @@ def latency_aware_keep_masks(
         return {name: mask.float() for name, mask in keep.items()}
 
     def step() -> bool:
-        """Remove one ``round_to`` step from the best group; False when every group is at its floor."""
+        """Remove one ``round_to`` step from the best group; False when no group has a cut that saves time."""
         best = None
         for index, (_, state) in enumerate(groups):
             new_kept = state.next_kept(round_to)
@@ -210,33 +208,26 @@ def latency_aware_keep_masks(
             for layer, direction, per_channel in state.layers:
                 trial[(layer, direction)] += (state.kept - new_kept) * per_channel
             touched = {layer for layer, _, _ in state.layers}
-            latency_saved = macs_saved = 0.0
-            for layer in touched:
-                latency, macs = cost(layer, trial)
-                latency_saved += layer_costs[layer][0] - latency
-                macs_saved += layer_costs[layer][1] - macs
-            # Least support lost per second saved; a cut that saves no measurable time ranks after every
-            # cut that does, by support lost per MAC saved.
-            key = (0, support_lost / latency_saved) if latency_saved > 0 else (1, support_lost / max(macs_saved, 1.0))
-            if best is None or key < best[0]:
-                best = (key, index, new_kept, trial, touched)
+            latency_saved = sum(layer_latencies[layer] - latency(layer, trial) for layer in touched)
+            if latency_saved <= 0:  # a cut that saves no measurable time is never worth support
+                continue
+            ratio = support_lost / latency_saved  # least support lost per second saved
+            if best is None or ratio < best[0]:
+                best = (ratio, index, new_kept, trial, touched)
         if best is None:
             return False
         _, index, new_kept, trial, touched = best
         groups[index][1].kept = new_kept
         removed.update(trial)
         for layer in touched:
-            layer_costs[layer] = cost(layer, removed)
+            layer_latencies[layer] = latency(layer, removed)
         return True
 
-    while sum(macs for _, macs in layer_costs.values()) > layer_target and step():
+    while sum(layer_latencies.values()) > target_latency and step():
         pass
-    while True:  # the exact count decides; one more step while it is above the target
-        keep = keep_masks()
-        trial_model = _with_keep(model, keep)
-        macs, _ = count_macs_params(prune_to_keep_masks(trial_model, example_input), example_input)
-        if macs <= target_macs or not step():
-            return keep, macs, sum(latency for latency, _ in layer_costs.values())
+    keep = keep_masks()
+    macs, _ = count_macs_params(prune_to_keep_masks(_with_keep(model, keep), example_input), example_input)
+    return keep, macs, sum(layer_latencies.values())
 
 
 def predicted_latency(model: nn.Module, example_input: Tensor, layer_latency: LayerLatency) -> float:

@@ -95,9 +95,9 @@ def alternation_point(
     Channel baselines (``criterion`` l1, l2, random) prune to the same MACs target by the same search
     over their own scores. (``magnitude`` prunes weights, not channels: see ``magnitude_point``.)
 
-    ``allocation: latency`` (needs ``layer_latency``, a measured table) spends the same MACs cut where the
-    table says it saves the most time per unit of score lost (``allocation.latency_aware_keep_masks``);
-    the reported threshold is then the highest score pruned."""
+    ``allocation: latency`` (needs ``layer_latency``, a measured table) cuts until the table predicts
+    ``target_latency`` (default ``target_macs``) of the dense time, where it saves the most time per unit of
+    score lost (``allocation.latency_aware_keep_masks``); the reported threshold is the highest score pruned."""
     observed = max((int(site.stat_batches) for _, site in support_sites(model)), default=0)
     predicted_speedup = None
     if config.allocation == "latency":
@@ -108,7 +108,7 @@ def alternation_point(
                   {name: site.stat_max_relative_energy.clone() for name, site in support_sites(model)})
         dense_latency = predicted_latency(model, example_input, layer_latency)  # the masked model has full widths
         keep, _, latency = latency_aware_keep_masks(
-            model, example_input, scores, int(config.target_macs * baseline_macs), layer_latency, round_to=config.round_to
+            model, example_input, scores, config.latency_target * dense_latency, layer_latency, round_to=config.round_to
         )
         pruned = [scores[name].cpu()[(site.keep.cpu() > 0) & (keep[name] == 0)] for name, site in support_sites(model)]
         threshold = float(torch.cat(pruned).max()) if sum(p.numel() for p in pruned) else 0.0

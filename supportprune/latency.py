@@ -34,7 +34,8 @@ TABLE_VERSION = 1
 class LayerGrid:
     in_widths: tuple[int, ...]
     out_widths: tuple[int, ...]
-    seconds: tuple[tuple[float, ...], ...]  # [in index][out index], median latency of one batch
+    # [in index][out index]: median latency of one batch, less the fixed cost of a run that does no work
+    seconds: tuple[tuple[float, ...], ...]
 
     def predict(self, in_channels: float, out_channels: float) -> float:
         rows = [float(np.interp(out_channels, self.out_widths, row)) for row in self.seconds]
@@ -113,7 +114,8 @@ def measure_latency_table(
     warmup: int = 3,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> LatencyTable:
-    """Time every layer of ``shapes`` alone at ``grid_widths`` of its input and output channels.
+    """Time every layer of ``shapes`` alone at ``grid_widths`` of its input and output channels, less the
+    fixed cost of one ONNX Runtime run (timed on a model that does no work with the same input).
 
     ``progress(done, total)`` is called after each timed point (for a progress bar).
     """
@@ -132,9 +134,15 @@ def measure_latency_table(
     for key, (shape, in_widths, out_widths) in plans.items():
         rows = []
         for in_width in in_widths:
+            # Every session.run pays a fixed cost (dispatch, input and output handling) that a layer inside
+            # the whole model does not pay on its own: measured on a model that does no work, and taken off.
+            overhead = _time_model(_no_work_model_bytes(shape, in_width, precision), _input(shape, in_width, in_width, batch_size, precision),
+                                   providers, runs, warmup)
             row = []
             for out_width in out_widths:
-                row.append(_time_layer(shape, in_width, out_width, batch_size, precision, providers, runs, warmup))
+                seconds = _time_model(layer_model_bytes(shape, in_width, out_width, precision),
+                                      _input(shape, in_width, out_width, batch_size, precision), providers, runs, warmup)
+                row.append(max(seconds - overhead, 0.0))
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -181,12 +189,26 @@ def layer_model_bytes(shape: LayerShape, in_width: int, out_width: int, precisio
     return model.SerializeToString()
 
 
-def _time_layer(shape: LayerShape, in_width: int, out_width: int, batch_size: int, precision: str,
-                providers: list, runs: int, warmup: int) -> float:
-    session = _open_session(layer_model_bytes(shape, in_width, out_width, precision), providers, None)
-    meta = session.get_inputs()[0]
+def _input(shape: LayerShape, in_width: int, out_width: int, batch_size: int, precision: str) -> np.ndarray:
     sample = [in_width] if shape.kind == "linear" else [out_width if shape.depthwise else in_width, *shape.input_size]
-    x = np.random.default_rng(1).standard_normal((batch_size, *sample)).astype(
+    return np.random.default_rng(1).standard_normal((batch_size, *sample)).astype(
         np.float16 if precision == "fp16" else np.float32)
-    run = _runner(session, meta.name, session.get_outputs()[0].name, x, on_gpu=session.get_providers()[0] == CUDA)
+
+
+def _no_work_model_bytes(shape: LayerShape, in_width: int, precision: str) -> bytes:
+    """A model with the layer's input and no work (its output is the input's shape): one run's fixed cost."""
+    from onnx import TensorProto, helper
+
+    elem = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+    dims = ["batch", in_width] + ([] if shape.kind == "linear" else list(shape.input_size))
+    graph = helper.make_graph([helper.make_node("Shape", ["input"], ["output"])], "no-work",
+                              [helper.make_tensor_value_info("input", elem, dims)],
+                              [helper.make_tensor_value_info("output", TensorProto.INT64, [len(dims)])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8).SerializeToString()
+
+
+def _time_model(model: bytes, x: np.ndarray, providers: list, runs: int, warmup: int) -> float:
+    session = _open_session(model, providers, None)
+    run = _runner(session, session.get_inputs()[0].name, session.get_outputs()[0].name, x,
+                  on_gpu=session.get_providers()[0] == CUDA)
     return statistics.median(_time(run, runs, warmup))

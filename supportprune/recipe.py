@@ -90,6 +90,7 @@ class SparseConfig(PhaseConfig):
     # Where the MACs cut falls: one threshold over the whole network (global), or per coupled group by
     # support lost per second saved, from layer latencies measured on the benchmark device (latency).
     allocation: str = "global"
+    target_latency: Optional[float] = None  # allocation latency: fraction of the predicted dense time to keep (default: target_macs)
     latency_batch_size: Optional[int] = None  # batch the layers are timed at; None: the largest benchmark batch
     latency_precision: str = "fp32"  # fp32, or fp16 (time the layers as an fp16 export runs them)
 
@@ -97,8 +98,13 @@ class SparseConfig(PhaseConfig):
         super().__post_init__()
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation: must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
-        if self.allocation == "latency" and (self.target_macs is None or self.criterion == "magnitude"):
-            raise ValueError("allocation: latency spreads a channel cut to target_macs; set target_macs, with a channel criterion")
+        if self.allocation == "latency" and (self.latency_target is None or self.criterion == "magnitude"):
+            raise ValueError("allocation: latency cuts channels to a time target; set target_latency (or target_macs), "
+                             "with a channel criterion")
+        if self.target_latency is not None and self.allocation != "latency":
+            raise ValueError("target_latency: only with allocation: latency (the global allocation targets MACs)")
+        if self.target_latency is not None and not 0 < self.target_latency <= 1:
+            raise ValueError(f"target_latency: a fraction in (0, 1], got {self.target_latency}")
         if self.latency_precision not in ("fp32", "fp16"):
             raise ValueError(f"latency_precision: must be fp32 or fp16, got {self.latency_precision!r}")
         if self.latency_batch_size is not None:
@@ -120,6 +126,11 @@ class SparseConfig(PhaseConfig):
             raise ValueError(f"prune_at: epochs must lie in 1..{self.epochs} (sparse.epochs), got {bad}")
         if self.epochs == 0:
             raise ValueError("epochs: the sparse phase needs at least one epoch to observe supports")
+
+    @property
+    def latency_target(self) -> Optional[float]:
+        """allocation latency: the share of the dense model's predicted time the cut aims at."""
+        return self.target_latency if self.target_latency is not None else self.target_macs
 
     @property
     def alternation_epochs(self) -> tuple[int, ...]:

@@ -64,10 +64,10 @@ def write_report(layout, model_name, recipe, data_description, summaries, bench,
         for a in state.alternations
     )
     allocation_text = (
-        "\n\nAllocation `latency`: the cut to the MACs target was spread over the coupled channel groups by "
-        "support lost per second saved, from layer latencies timed with ONNX Runtime on this machine "
-        "(`latency-table.json`); the weakest channels of a group go first, and the threshold shown is the "
-        "highest score pruned. The predicted speed-up covers the convolution and linear layers only."
+        f"\n\nAllocation `latency`: channels were cut until the layer latencies timed with ONNX Runtime on this "
+        f"machine (`latency-table.json`) predicted {recipe.sparse.latency_target:g} of the dense time, always where "
+        "the least support was lost per second saved; the weakest channels of a group go first, and the threshold "
+        "shown is the highest score pruned. The predicted speed-up covers the convolution and linear layers only."
         if latency else "")
     text = f"""# supportprune report: {model_name}
 

@@ -71,12 +71,13 @@ def test_the_cut_goes_where_it_saves_the_most_time_per_support_lost():
     def latency(name, in_channels, out_channels):  # branch a's channels cost 10× branch b's
         return {"a": 10.0 * out_channels, "b": 1.0 * out_channels}.get(name, 0.0)
 
-    dense_macs = count_macs_params(model, example)[0]
-    keep, macs, predicted = latency_aware_keep_masks(model, example, scores, dense_macs - 1, latency, round_to=4)
-    assert int(keep["relu_a"].sum()) == 12 and int(keep["relu_b"].sum()) == 16  # one step of 4, from branch a
-    assert macs < dense_macs and predicted == pytest.approx(10.0 * 12 + 16)
+    # Dense: 160 + 16. Just under it needs one step of 4 channels: a's saves 40 s, b's 4 s, for the same support.
+    keep, macs, predicted = latency_aware_keep_masks(model, example, scores, 175.0, latency, round_to=4)
+    assert int(keep["relu_a"].sum()) == 12 and int(keep["relu_b"].sum()) == 16
+    assert predicted == pytest.approx(10.0 * 12 + 16)
+    assert macs == count_macs_params(_pruned(model, example, keep), example)[0] < count_macs_params(model, example)[0]
     # With branch b 10× dearer instead, b loses the step.
-    keep, _, _ = latency_aware_keep_masks(model, example, scores, dense_macs - 1,
+    keep, _, _ = latency_aware_keep_masks(model, example, scores, 175.0,
                                           lambda n, i, o: {"a": 1.0 * o, "b": 10.0 * o}.get(n, 0.0), round_to=4)
     assert int(keep["relu_a"].sum()) == 16 and int(keep["relu_b"].sum()) == 12
 
@@ -86,31 +87,38 @@ def test_support_lost_outweighs_time_saved_and_the_weakest_channels_go_first():
     scores = {"relu_a": torch.full((16,), 5.0), "relu_b": torch.arange(16, dtype=torch.float32) / 100}
     scores["relu_a"][[3, 7]] = 0.0  # two dead channels in a: removing them costs nothing
     latency = lambda name, i, o: {"a": 2.0 * o, "b": 1.0 * o}.get(name, 0.0)  # noqa: E731
-    dense_macs = count_macs_params(model, example)[0]
-    # a: first step of 2 costs 0 → first; then a's next step costs 10 per 4 s saved (2.5/s) while b's
-    # weakest two cost 0.01 per 2 s saved (0.005/s): b goes next.
-    keep, _, _ = latency_aware_keep_masks(model, example, scores, dense_macs - 1, latency, round_to=2)
+    # Dense 32 + 16 = 48 s. First step: a's two dead channels (support 0, 4 s saved) beat b's weakest two
+    # (0.01 for 2 s). Second step: a's next two cost 10 for 4 s (2.5 per s), b's 0.01 for 2 s (0.005): b.
+    keep, _, predicted = latency_aware_keep_masks(model, example, scores, 47.5, latency, round_to=2)
     assert keep["relu_a"][[3, 7]].tolist() == [0.0, 0.0] and int(keep["relu_a"].sum()) == 14
-    assert int(keep["relu_b"].sum()) == 16  # target met after one step
-    target = count_macs_params(_pruned(model, example, keep), example)[0] - 1
-    keep, _, _ = latency_aware_keep_masks(model, example, scores, target, latency, round_to=2)
+    assert int(keep["relu_b"].sum()) == 16 and predicted == 44.0
+    keep, _, predicted = latency_aware_keep_masks(model, example, scores, 43.5, latency, round_to=2)
     assert int(keep["relu_a"].sum()) == 14 and keep["relu_b"][:2].tolist() == [0.0, 0.0]
-    assert int(keep["relu_b"].sum()) == 14
+    assert int(keep["relu_b"].sum()) == 14 and predicted == 42.0
+
+
+def test_cuts_that_save_no_time_are_not_taken():
+    model, example = _converted(TwoBranchNet())
+    scores = {name: torch.ones(16) for name, _ in support_sites(model)}
+    latency = lambda name, i, o: 5.0 if name == "a" else (1.0 * o if name == "b" else 0.0)  # noqa: E731
+    keep, _, predicted = latency_aware_keep_masks(model, example, scores, 0.0, latency, round_to=4)
+    assert int(keep["relu_a"].sum()) == 16  # a's time does not depend on its width: never cut
+    assert int(keep["relu_b"].sum()) == 4 and predicted == 5.0 + 4.0  # b down to its floor, one multiple
 
 
 @pytest.mark.parametrize("network", [TinyResNet, TinyConcatNet])
-def test_meets_the_macs_target_in_multiples_and_predicts_the_pruned_model(network):
+def test_meets_the_time_target_in_multiples_and_predicts_the_pruned_model(network):
     torch.manual_seed(0)
     model, example = _converted(network(), size=12)
     shapes = layer_shapes(model, example)
     latency = lambda name, i, o: shapes[name].macs(i, o) * 1e-9 + 1e-6 * (i + o)  # noqa: E731
     scores = {name: torch.rand(site.channels) for name, site in support_sites(model)}
-    dense_macs = count_macs_params(model, example)[0]
-    target = int(0.6 * dense_macs)
-    keep, macs, predicted = latency_aware_keep_masks(model, example, scores, target, latency, round_to=2)
+    dense = predicted_latency(model, example, latency)
+    keep, macs, predicted = latency_aware_keep_masks(model, example, scores, 0.6 * dense, latency, round_to=2)
     pruned = _pruned(model, example, keep)
-    assert count_macs_params(pruned, example)[0] == macs <= target
+    assert predicted <= 0.6 * dense
     assert predicted == pytest.approx(predicted_latency(pruned, example, latency))
+    assert count_macs_params(pruned, example)[0] == macs
     for _, site in support_sites(pruned):
         assert site.channels % 2 == 0 and site.channels >= 2
     # The pruned model computes what the masked model computes.
@@ -134,15 +142,22 @@ def test_alternation_point_with_latency_allocation():
     with pytest.raises(ValueError, match="latency table"):
         dsd.alternation_point(copy.deepcopy(model), example, config, dense_macs)
     result = dsd.alternation_point(model, example, config, dense_macs, layer_latency=latency)
-    assert result.allocation == "latency" and result.macs <= 0.5 * dense_macs
-    assert result.predicted_speedup > 1.0
+    # target_latency defaults to target_macs: half the predicted time (here, the conv/linear MACs).
+    assert result.allocation == "latency" and result.predicted_speedup >= 2.0
+    assert result.macs < dense_macs
 
 
 def test_recipe_checks_the_allocation_options():
     with pytest.raises(ValueError, match="allocation: must be one of global, latency"):
         SparseConfig(epochs=1, target_macs=0.5, allocation="fastest")
-    with pytest.raises(ValueError, match="allocation: latency .* target_macs"):
+    with pytest.raises(ValueError, match="allocation: latency cuts channels to a time target"):
         SparseConfig(epochs=1, allocation="latency")
+    with pytest.raises(ValueError, match="target_latency: only with allocation: latency"):
+        SparseConfig(epochs=1, target_latency=0.5)
+    with pytest.raises(ValueError, match="target_latency: a fraction"):
+        SparseConfig(epochs=1, allocation="latency", target_latency=1.5)
+    assert SparseConfig(epochs=1, allocation="latency", target_latency=0.4, target_macs=0.5).latency_target == 0.4
+    assert SparseConfig(epochs=1, allocation="latency", target_macs=0.5).latency_target == 0.5
     with pytest.raises(ValueError, match="latency_precision"):
         SparseConfig(epochs=1, target_macs=0.5, allocation="latency", latency_precision="int8")
 
@@ -188,7 +203,7 @@ def test_measured_table_covers_every_layer_and_round_trips(tmp_path):
     assert table.layers["block1.conv1"] is table.layers["block2.conv2"]
     assert table.layers["block1.conv1"].in_widths == (4, 8) and table.layers["stem"].in_widths == (1,)
     assert calls[-1][0] == calls[-1][1] == len(calls)
-    assert all(s > 0 for grid in table.layers.values() for row in grid.seconds for s in row)
+    assert all(s >= 0 for grid in table.layers.values() for row in grid.seconds for s in row)
     assert table("stem", 1, 8) == table.layers["stem"].seconds[0][-1]
     table.save(tmp_path / "t.json")
     assert LatencyTable.load(tmp_path / "t.json") == table
@@ -196,3 +211,25 @@ def test_measured_table_covers_every_layer_and_round_trips(tmp_path):
     (tmp_path / "bad.json").write_text('{"version": 1, "layers": 3}')
     with pytest.raises(SupportpruneError, match="bad.json is not a valid latency table"):
         LatencyTable.load(tmp_path / "bad.json")
+
+
+def test_table_takes_the_fixed_cost_of_a_run_off_every_layer(monkeypatch):
+    import supportprune.latency as latency
+
+    shapes = {"conv": LayerShape("conv", "conv", 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1, (4, 4), (4, 4))}
+    timed = []
+
+    def fake_time(model, x, providers, runs, warmup):  # the no-work model costs 1, a layer 1 + its output width
+        import onnx
+        graph = onnx.load_from_string(model).graph
+        timed.append((graph.node[0].op_type, x.shape))
+        if graph.node[0].op_type == "Shape":
+            return 1.0
+        return 1.0 + graph.output[0].type.tensor_type.shape.dim[1].dim_value
+
+    monkeypatch.setattr(latency, "_time_model", fake_time)
+    table = latency.measure_latency_table(shapes, batch_size=3, round_to=4, device="cpu")
+    assert table.layers["conv"].seconds == ((4.0, 8.0), (4.0, 8.0))
+    assert timed[0] == ("Shape", (3, 4, 4, 4)) and timed[1] == ("Conv", (3, 4, 4, 4))
+    no_work = ort.InferenceSession(latency._no_work_model_bytes(shapes["conv"], 8, "fp32"), providers=["CPUExecutionProvider"])
+    assert no_work.run(None, {"input": np.zeros((2, 8, 4, 4), np.float32)})[0].tolist() == [2, 8, 4, 4]
