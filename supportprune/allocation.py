@@ -211,9 +211,10 @@ def latency_aware_keep_masks(
             latency_saved = sum(layer_latencies[layer] - latency(layer, trial) for layer in touched)
             if latency_saved <= 0:  # a cut that saves no measurable time is never worth support
                 continue
-            ratio = support_lost / latency_saved  # least support lost per second saved
-            if best is None or ratio < best[0]:
-                best = (ratio, index, new_kept, trial, touched)
+            # Least support lost per second saved; among free cuts (dead channels), the one saving the most.
+            key = (support_lost / latency_saved, -latency_saved)
+            if best is None or key < best[0]:
+                best = (key, index, new_kept, trial, touched)
         if best is None:
             return False
         _, index, new_kept, trial, touched = best

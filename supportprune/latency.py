@@ -136,8 +136,8 @@ def measure_latency_table(
         for in_width in in_widths:
             # Every session.run pays a fixed cost (dispatch, input and output handling) that a layer inside
             # the whole model does not pay on its own: measured on a model that does no work, and taken off.
-            overhead = _time_model(_no_work_model_bytes(shape, in_width, precision), _input(shape, in_width, in_width, batch_size, precision),
-                                   providers, runs, warmup)
+            overhead = _time_model(_no_work_model_bytes(shape, in_width, precision),
+                                   _input(shape, in_width, in_width, batch_size, precision), providers, runs, warmup)
             row = []
             for out_width in out_widths:
                 seconds = _time_model(layer_model_bytes(shape, in_width, out_width, precision),
