@@ -120,6 +120,7 @@ def compress(
     sparse_alternation: Optional[str] = typer.Option(None, "--sparse-alternation", help="support criterion: batch (B-alternation) or instance (I-alternation)"),
     allocation: Optional[str] = typer.Option(None, "--allocation", help="how the cut is spread: global (one support threshold to --target-macs) or latency (by layer latencies measured on the benchmark device, to --target-latency)"),
     target_latency: Optional[float] = typer.Option(None, "--target-latency", help="allocation latency: fraction of the dense model's predicted time to keep (default: --target-macs)"),
+    latency_table: Optional[str] = typer.Option(None, "--latency-table", help="allocation latency: a latency-table.json (of an earlier run, or timed on the deployment machine) instead of timing here"),
     restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
@@ -134,7 +135,7 @@ def compress(
         "data.batch_size": batch_size, "sparse.granularity": granularity,
         "sparse.relative_threshold": relative_threshold, "sparse.target_macs": target_macs, "sparse.round_to": round_to,
         "sparse.criterion": criterion, "sparse.alternation": sparse_alternation, "sparse.allocation": allocation,
-        "sparse.target_latency": target_latency,
+        "sparse.target_latency": target_latency, "sparse.latency_table": latency_table,
     }
     resolved = with_overrides(load_recipe(recipe_path), overrides, f"{recipe_path} with command-line options")
     out_dir = out or Path("runs") / model.replace(":", "_").replace("/", "_")

@@ -39,7 +39,7 @@ from supportprune.errors import SupportpruneError
 from supportprune.mask_store import InstanceMaskStore, choose_storage
 from supportprune.models import ModelSpec, build_model
 from supportprune.pruning import count_macs_params
-from supportprune.recipe import PhaseConfig, Recipe
+from supportprune.recipe import PhaseConfig, Recipe, same_recipe
 from supportprune.distributed import cluster_device, init_cluster, shutdown_cluster
 from supportprune.support import (
     convert_relus,
@@ -164,13 +164,11 @@ def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, restart:
         probe.unlink()
     except OSError as error:
         raise SupportpruneError(f"cannot write to output directory {layout.root}: {error.strerror}; choose another --out") from None
-    resolved = recipe.to_yaml()
     if layout.checkpoint.exists() or layout.checkpoint.with_suffix(".pt.previous").exists():
         if restart:
             return False
-        previous = layout.recipe.read_text(encoding="utf-8") if layout.recipe.exists() else None
         previous_info = json.loads(layout.run_info.read_text()) if layout.run_info.exists() else {}
-        if previous != resolved or previous_info.get("model") != model_name:
+        if not same_recipe(layout.recipe, recipe) or previous_info.get("model") != model_name:
             raise SupportpruneError(
                 f"{layout.root} holds a run with another model or recipe; use another --out, or --restart to start over there"
             )
@@ -682,6 +680,20 @@ class _Run:
         shapes = layer_shapes(self.model, self.example)
         provider = select_providers("auto")[0]
         path = self.layout.latency_table
+        if sparse.latency_table is not None:  # timed elsewhere (the deployment machine) or earlier: used as is
+            source = Path(sparse.latency_table).expanduser()
+            if not source.is_file():
+                raise SupportpruneError(f"sparse.latency_table: {source} does not exist; give the latency-table.json of "
+                                        "an earlier run, or leave the key out to time the layers here")
+            table = LatencyTable.load(source)
+            if not table.covers(shapes):
+                raise SupportpruneError(f"sparse.latency_table: {source} was timed for another model or input size; "
+                                        "time this one (leave the key out)")
+            self.reporter.message(f"latency table {source}: timed on {table.provider} at batch {table.batch_size} "
+                                  f"({table.precision})")
+            if source.resolve() != path.resolve():
+                table.save(path)  # the run keeps the table it was pruned with
+            return table
         if path.exists():
             table = LatencyTable.load(path)
             if table.provider == provider and table.matches(shapes, batch_size, sparse.latency_precision, sparse.round_to):

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from supportprune.atomic import atomic_write_bytes, atomic_write_text
 from supportprune.errors import SupportpruneError
-from supportprune.recipe import Recipe, with_overrides
+from supportprune.recipe import Recipe, same_recipe, with_overrides
 
 ALTERNATIONS = ("none", "instance", "batch")
 TABLE8_RUNS = (("magnitude", "DSD (magnitude)"), ("support-instance", "DSD (I-alternation)"), ("support-batch", "DSD (B-alternation)"))
@@ -132,7 +132,7 @@ def _compress_run(plan, recipe, name, message, reporter, overrides) -> dict[str,
 
 def _finished(layout, recipe: Recipe) -> bool:
     """A run whose result is written for this same recipe is read, not repeated."""
-    return layout.result.exists() and layout.recipe.exists() and layout.recipe.read_text(encoding="utf-8") == recipe.to_yaml()
+    return layout.result.exists() and same_recipe(layout.recipe, recipe)
 
 
 def _read_result(layout, name: str, plan: ExperimentPlan) -> dict[str, Any]:

@@ -87,13 +87,17 @@ class LatencyTable:
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
         return cls.from_json(Path(path).read_text(encoding="utf-8"), str(path))
 
-    def matches(self, shapes: dict[str, LayerShape], batch_size: int, precision: str, round_to: int) -> bool:
-        """Whether this table was measured for these layers and settings (a cached table may be stale)."""
-        return (self.batch_size, self.precision, self.round_to) == (batch_size, precision, round_to) and all(
+    def covers(self, shapes: dict[str, LayerShape]) -> bool:
+        """Whether this table has every layer of ``shapes``, at the same full widths."""
+        return all(
             name in self.layers and self.layers[name].in_widths[-1] == shape.in_channels
             and self.layers[name].out_widths[-1] == shape.out_channels
             for name, shape in shapes.items()
         )
+
+    def matches(self, shapes: dict[str, LayerShape], batch_size: int, precision: str, round_to: int) -> bool:
+        """Whether this table was measured for these layers and settings (a cached table may be stale)."""
+        return (self.batch_size, self.precision, self.round_to) == (batch_size, precision, round_to) and self.covers(shapes)
 
 
 def grid_widths(channels: int, round_to: int) -> tuple[int, ...]:

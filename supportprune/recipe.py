@@ -93,6 +93,9 @@ class SparseConfig(PhaseConfig):
     target_latency: Optional[float] = None  # allocation latency: fraction of the predicted dense time to keep (default: target_macs)
     latency_batch_size: Optional[int] = None  # batch the layers are timed at; None: the largest benchmark batch
     latency_precision: str = "fp32"  # fp32, or fp16 (time the layers as an fp16 export runs them)
+    # A latency-table.json to use instead of timing the layers here: timed once on the deployment machine,
+    # and the same table gives the same allocation on every run (timings vary from one measurement to the next).
+    latency_table: Optional[str] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,6 +104,8 @@ class SparseConfig(PhaseConfig):
         if self.allocation == "latency" and (self.latency_target is None or self.criterion == "magnitude"):
             raise ValueError("allocation: latency cuts channels to a time target; set target_latency (or target_macs), "
                              "with a channel criterion")
+        if self.latency_table is not None and self.allocation != "latency":
+            raise ValueError("latency_table: only with allocation: latency")
         if self.target_latency is not None and self.allocation != "latency":
             raise ValueError("target_latency: only with allocation: latency (the global allocation targets MACs)")
         if self.target_latency is not None and not 0 < self.target_latency <= 1:
@@ -245,6 +250,15 @@ def _plain(value: Any) -> Any:
 def recipe_from_dict(raw: Any, origin: str = "<recipe>") -> Recipe:
     """Validate a parsed mapping into a ``Recipe``; errors name ``origin`` and the key."""
     return _build(Recipe, raw, origin, "")
+
+
+def same_recipe(path: str | Path, recipe: Recipe) -> bool:
+    """Whether the recipe saved at ``path`` (a run's recipe.yaml) is ``recipe``. Compared after loading, so a run
+    written before an option existed still matches when the option is at its default."""
+    try:
+        return load_recipe(path).to_yaml() == recipe.to_yaml()
+    except RecipeError:
+        return False
 
 
 def load_recipe(path: str | Path) -> Recipe:

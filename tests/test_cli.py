@@ -244,6 +244,16 @@ def test_compress_with_latency_allocation_times_the_layers_once(tmp_path):
     assert "Allocation `latency`" in (out / "report.md").read_text()
     assert "predicted speed-up" in result.output
     assert (out / "latency-table.json").stat().st_mtime_ns == stamp
+    # The same table given to another run: used as is, not timed again, and kept in that run.
+    again = _compress(tmp_path, tmp_path / "again", "--target-macs", "0.6", "--allocation", "latency", "--round-to", "2",
+                      "--latency-table", str(out / "latency-table.json"))
+    assert again.exit_code == 0, again.output
+    assert "timing" not in again.output and "latency table" in again.output
+    assert (tmp_path / "again" / "latency-table.json").read_text() == (out / "latency-table.json").read_text()
+    again_points = read_checkpoint(tmp_path / "again" / "checkpoints" / "last.pt")["run"]["alternations"]
+    assert [p["channels_kept"] for p in again_points] == [p["channels_kept"] for p in points]
+    one_line_error(_compress(tmp_path, tmp_path / "o", "--target-macs", "0.6", "--allocation", "latency",
+                             "--latency-table", str(tmp_path / "nowhere.json")), "sparse.latency_table", "nowhere.json")
 
 
 # ------------------------------------------------------------------------------------------------

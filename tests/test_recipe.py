@@ -1,6 +1,7 @@
 """Recipes: every shipped one validates; bad ones are named by file and key."""
 
 import pytest
+import yaml
 
 from supportprune.recipe import (
     Recipe,
@@ -97,3 +98,21 @@ def test_resolve_recipe():
     assert resolve_recipe("googlenet", "resnet18", None).name == "googlenet.yaml"
     with pytest.raises(RecipeError, match="no shipped recipe for 'alexnet'"):
         resolve_recipe(None, "alexnet", "cifar10:/data")
+
+
+def test_a_run_saved_before_an_option_existed_still_matches(tmp_path):
+    from supportprune.recipe import same_recipe
+
+    recipe = load_recipe(shipped_recipes()["embedded"])
+    saved = recipe.to_dict()
+    for key in ("allocation", "target_latency", "latency_batch_size", "latency_precision", "latency_table"):
+        del saved["sparse"][key]  # as a recipe.yaml written by an older version
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert same_recipe(path, recipe)
+    saved["sparse"]["round_to"] = 16
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert not same_recipe(path, recipe)
+    path.write_text("sparse: [not, a, mapping]\n")
+    assert not same_recipe(path, recipe)
+    assert not same_recipe(tmp_path / "missing.yaml", recipe)
