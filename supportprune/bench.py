@@ -105,7 +105,7 @@ def benchmark_side_by_side(
     opened = []
     for name, path in models:
         path = Path(path)
-        session = _open_session(path, providers, threads)
+        session = open_session(path, providers, threads)
         provider = session.get_providers()[0]
         if device == "cuda" and provider != CUDA:
             raise SupportpruneError(f"ONNX Runtime could not start CUDA for {path}; use --device cpu")
@@ -116,13 +116,13 @@ def benchmark_side_by_side(
         runners = []
         for index, (_, _, session, provider, sample_shape, dtype, _) in enumerate(opened):
             x = np.random.default_rng(0).standard_normal((batch_size, *sample_shape)).astype(dtype)
-            run = _runner(session, session.get_inputs()[0].name, session.get_outputs()[0].name, x, on_gpu=provider == CUDA)
-            _time(run, 0, warmup)
+            run = make_runner(session, session.get_inputs()[0].name, session.get_outputs()[0].name, x, on_gpu=provider == CUDA)
+            time_calls(run, 0, warmup)
             runners.append(run)
         for round_index in range(rounds):
             share = runs // rounds + (1 if round_index < runs % rounds else 0)
             for index, run in enumerate(runners):
-                times.setdefault((index, batch_size), []).extend(_time(run, share, 0))
+                times.setdefault((index, batch_size), []).extend(time_calls(run, share, 0))
     results = []
     for index, (name, path, _, provider, _, dtype, macs) in enumerate(opened):
         for batch_size in batch_sizes:
@@ -190,7 +190,7 @@ def realised_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _open_session(path: Path | bytes, providers: list, threads: int | None):
+def open_session(path: Path | bytes, providers: list, threads: int | None):
     """An ORT session on a model file (or serialised model bytes) with every graph optimisation on."""
     import onnxruntime as ort
 
@@ -224,7 +224,7 @@ def _input_spec(meta: Any, path: Path) -> tuple[tuple[int, ...], type]:
     return sample_shape, _ONNX_DTYPES[meta.type]
 
 
-def _runner(session: Any, input_name: str, output_name: str, x: np.ndarray, *, on_gpu: bool) -> Callable[[], Any]:
+def make_runner(session: Any, input_name: str, output_name: str, x: np.ndarray, *, on_gpu: bool) -> Callable[[], Any]:
     """One inference call. On the GPU the input lives on the device and the output stays there, so
     only the model is timed; ``run_with_iobinding`` returns once the device work is done."""
     if not on_gpu:
@@ -237,7 +237,8 @@ def _runner(session: Any, input_name: str, output_name: str, x: np.ndarray, *, o
     return lambda: session.run_with_iobinding(binding)
 
 
-def _time(run: Callable[[], Any], runs: int, warmup: int) -> list[float]:
+def time_calls(run: Callable[[], Any], runs: int, warmup: int) -> list[float]:
+    """Seconds of each of ``runs`` calls of ``run``, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         run()
     times = []

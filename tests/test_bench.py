@@ -125,13 +125,13 @@ def test_realised_speedup_is_speedup_over_macs_reduction():
 
 def test_tuned_cuda_options_are_passed_only_with_a_gpu(tiny_onnx, monkeypatch):
     seen = {}
-    real_open = bench._open_session
+    real_open = bench.open_session
 
     def spy(path, providers, threads):
         seen["providers"] = providers
         return real_open(path, ["CPUExecutionProvider"], threads)
 
-    monkeypatch.setattr(bench, "_open_session", spy)
+    monkeypatch.setattr(bench, "open_session", spy)
     benchmark_onnx(tiny_onnx, batch_sizes=[1], runs=1, warmup=0, device="cpu")
     assert seen["providers"] == ["CPUExecutionProvider"]
     monkeypatch.setattr(bench, "select_providers", lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -143,13 +143,13 @@ def test_tuned_cuda_options_are_passed_only_with_a_gpu(tiny_onnx, monkeypatch):
 
 def test_side_by_side_times_every_model_at_every_batch_in_interleaved_rounds(tiny_onnx, monkeypatch):
     calls = []
-    real_time = bench._time
+    real_time = bench.time_calls
 
     def recording_time(run, runs, warmup):
         calls.append((run, runs, warmup))
         return real_time(run, runs, warmup)
 
-    monkeypatch.setattr(bench, "_time", recording_time)
+    monkeypatch.setattr(bench, "time_calls", recording_time)
     results = bench.benchmark_side_by_side([("a", tiny_onnx), ("b", tiny_onnx)], batch_sizes=(1, 2), runs=7,
                                            warmup=2, rounds=3, device="cpu")
     assert [(r.model, r.batch_size, r.runs) for r in results] == [("a", 1, 7), ("a", 2, 7), ("b", 1, 7), ("b", 2, 7)]
