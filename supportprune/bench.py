@@ -114,9 +114,9 @@ def benchmark_side_by_side(
     times: dict[tuple[int, int], list[float]] = {}
     for batch_size in batch_sizes:
         runners = []
-        for index, (_, _, session, provider, sample_shape, dtype, _) in enumerate(opened):
+        for _, _, session, _, sample_shape, dtype, _ in opened:
             x = np.random.default_rng(0).standard_normal((batch_size, *sample_shape)).astype(dtype)
-            run = make_runner(session, session.get_inputs()[0].name, session.get_outputs()[0].name, x, on_gpu=provider == CUDA)
+            run = make_runner(session, x)
             time_calls(run, 0, warmup)
             runners.append(run)
         for round_index in range(rounds):
@@ -224,10 +224,12 @@ def _input_spec(meta: Any, path: Path) -> tuple[tuple[int, ...], type]:
     return sample_shape, _ONNX_DTYPES[meta.type]
 
 
-def make_runner(session: Any, input_name: str, output_name: str, x: np.ndarray, *, on_gpu: bool) -> Callable[[], Any]:
-    """One inference call. On the GPU the input lives on the device and the output stays there, so
-    only the model is timed; ``run_with_iobinding`` returns once the device work is done."""
-    if not on_gpu:
+def make_runner(session: Any, x: np.ndarray) -> Callable[[], Any]:
+    """One inference call of ``session`` (one input, first output) on ``x``. On the GPU the input lives on
+    the device and the output stays there, so only the model is timed; ``run_with_iobinding`` returns
+    once the device work is done."""
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    if session.get_providers()[0] != CUDA:
         return lambda: session.run([output_name], {input_name: x})
     import onnxruntime as ort
 

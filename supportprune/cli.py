@@ -88,6 +88,20 @@ def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
         raise SupportpruneError(f"{option} {text!r}: expected comma-separated numbers like 0.485,0.456,0.406") from None
 
 
+def _recipe_with_options(recipe: Optional[str], model: str, data: Optional[str], overrides: dict):
+    """(the recipe file ``resolve_recipe`` picks, that recipe with the command line's options on top);
+    options left at None are not given. Errors name the file and the option."""
+    from supportprune.recipe import load_recipe, resolve_recipe, with_overrides
+
+    recipe_path = resolve_recipe(recipe, model, data)
+    return recipe_path, with_overrides(load_recipe(recipe_path), overrides, f"{recipe_path} with command-line options")
+
+
+def _run_name(model: str) -> str:
+    """A model name (or package.module:factory) as a directory name."""
+    return model.replace(":", "_").replace("/", "_")
+
+
 def _ints(text: Optional[str], option: str) -> Optional[list[int]]:
     if text is None:
         return None
@@ -126,9 +140,7 @@ def compress(
 ) -> None:
     """Dense → Sparse (B-alternation; channels with zero support pruned) → re-Dense; export and benchmark baseline, sparse and dense ONNX models."""
     from supportprune.compress import compress as run_compress
-    from supportprune.recipe import load_recipe, resolve_recipe, with_overrides
 
-    recipe_path = resolve_recipe(recipe, model, data)
     overrides = {
         "data.source": data, "weights": weights, "seed": seed, "data.input_size": input_size,
         "data.channels": channels, "data.mean": _floats(mean, "--mean"), "data.std": _floats(std, "--std"),
@@ -137,8 +149,8 @@ def compress(
         "sparse.criterion": criterion, "sparse.alternation": sparse_alternation, "sparse.allocation": allocation,
         "sparse.target_latency": target_latency, "sparse.latency_table": latency_table,
     }
-    resolved = with_overrides(load_recipe(recipe_path), overrides, f"{recipe_path} with command-line options")
-    out_dir = out or Path("runs") / model.replace(":", "_").replace("/", "_")
+    recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides)
+    out_dir = out or Path("runs") / _run_name(model)
     reporter = RichReporter()
     reporter.message(f"supportprune compress {model}: recipe {recipe_path}, output {out_dir}")
     result = run_compress(model, resolved, out_dir, device=device, restart=restart, reporter=reporter, max_steps_per_epoch=max_steps)
@@ -169,18 +181,15 @@ def train_command(
 ) -> None:
     """Train a model by alternating weights and supports (paper section 4.1), or with plain SGD: the same loop, seed and data order for all three."""
     from supportprune.compress import train
-    from supportprune.recipe import load_recipe, resolve_recipe, with_overrides
 
-    recipe_path = resolve_recipe(recipe, model, data)
     overrides = {
         "data.source": data, "weights": weights, "seed": seed, "data.batch_size": batch_size,
         "train.alternation": alternation, "train.epochs": epochs, "train.warmup_epochs": warmup_epochs,
         "train.gap_epochs": gap_epochs, "train.granularity": granularity, "train.relative_threshold": relative_threshold,
         "train.mask_storage": mask_storage, "train.mask_memory_mb": mask_memory_mb,
     }
-    resolved = with_overrides(load_recipe(recipe_path), overrides, f"{recipe_path} with command-line options")
-    name = model.replace(":", "_").replace("/", "_")
-    out_dir = out or Path("runs") / f"train-{name}-{resolved.train.alternation}"
+    recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides)
+    out_dir = out or Path("runs") / f"train-{_run_name(model)}-{resolved.train.alternation}"
     reporter = RichReporter()
     reporter.message(f"supportprune train {model} --alternation {resolved.train.alternation}: recipe {recipe_path}, output {out_dir}")
     train(model, resolved, out_dir, device=device, restart=restart, reporter=reporter, max_steps_per_epoch=max_steps)
@@ -202,11 +211,9 @@ def experiment(
 ) -> None:
     """Measure the paper's claims with several seeds: Figure 3 and Table 7 (SGD vs I- vs B-alternation), Table 8 (DSD criteria), accuracy against MACs (support vs L1/L2/random); writes report.md with tables and plots. Resumes where it stopped."""
     from supportprune.experiment import ExperimentPlan, command_line, run_experiment
-    from supportprune.recipe import load_recipe, shipped_recipes, with_overrides
 
-    recipe_path = shipped_recipes().get(recipe or "embedded", Path(recipe or "embedded"))
-    resolved = with_overrides(load_recipe(recipe_path), {"data.source": data, "train.epochs": epochs},
-                              f"{recipe_path} with command-line options")
+    _, resolved = _recipe_with_options(recipe or "embedded", model, data,
+                                       {"data.source": data, "train.epochs": epochs})
     out = out or Path("results") / f"experiment-{resolved.data.source.split(':')[0]}"
     plan = ExperimentPlan(model, resolved, out, tuple(_ints(seeds, "--seeds")), tuple(_floats(targets, "--targets")),
                           device=device, max_steps=max_steps, runs_dir=runs_dir or Path("runs") / out.name,

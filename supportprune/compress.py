@@ -700,12 +700,9 @@ class _Run:
                 return table
         self.reporter.message(f"timing {len(shapes)} layers at batch {batch_size} ({sparse.latency_precision}) on "
                               f"{provider} for the latency-aware allocation")
-        started = []
-
         def progress(done: int, total: int) -> None:
-            if not started:
+            if done == 1:  # the total is known once timing starts
                 self.reporter.start("timing layers", total)
-                started.append(True)
             self.reporter.advance(done)
 
         try:

@@ -21,7 +21,7 @@ import numpy as np
 
 from supportprune.allocation import LayerShape
 from supportprune.atomic import atomic_write_text
-from supportprune.bench import CUDA, make_runner, open_session, session_providers, time_calls
+from supportprune.bench import make_runner, open_session, session_providers, time_calls
 from supportprune.errors import SupportpruneError
 from supportprune.pruning import rounded_keep_count
 
@@ -212,7 +212,4 @@ def _no_work_model_bytes(shape: LayerShape, in_width: int, precision: str) -> by
 
 
 def _time_model(model: bytes, x: np.ndarray, providers: list, runs: int, warmup: int) -> float:
-    session = open_session(model, providers, None)
-    run = make_runner(session, session.get_inputs()[0].name, session.get_outputs()[0].name, x,
-                  on_gpu=session.get_providers()[0] == CUDA)
-    return statistics.median(time_calls(run, runs, warmup))
+    return statistics.median(time_calls(make_runner(open_session(model, providers, None), x), runs, warmup))

@@ -1,4 +1,18 @@
-"""Assertions shared by the CLI tests."""
+"""Assertions and recipe files shared by the CLI tests."""
+
+import copy
+
+import yaml
+
+
+def write_recipe(path, base: dict, **changes):
+    """``base`` (a recipe as a dict) with ``section.key=value`` changes, written as YAML to ``path``."""
+    recipe = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        recipe[section][key] = value
+    path.write_text(yaml.safe_dump(recipe))
+    return path
 
 
 def one_line_error(result, *fragments):

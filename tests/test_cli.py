@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from supportprune.checkpoint import read_checkpoint
 from supportprune.cli import app
-from tests.cli_helpers import one_line_error
+from tests.cli_helpers import one_line_error, write_recipe
 from supportprune.recipe import load_recipe, shipped_recipes
 
 runner = CliRunner()
@@ -39,13 +39,7 @@ EXPECTED_FILES = {
 
 
 def _recipe_file(tmp_path, **changes):
-    recipe = json.loads(json.dumps(TINY_RECIPE))
-    for dotted, value in changes.items():
-        section, key = dotted.split(".")
-        recipe[section][key] = value
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_recipe(tmp_path / "tiny.yaml", TINY_RECIPE, **changes)
 
 
 def _compress(tmp_path, out, *extra, model="tiny_models:tiny_resnet", recipe=None):

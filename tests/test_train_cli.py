@@ -9,13 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 from typer.testing import CliRunner
 
 from supportprune.checkpoint import read_checkpoint
 from supportprune.cli import app
-from tests.cli_helpers import one_line_error
+from tests.cli_helpers import one_line_error, write_recipe
 from supportprune.criteria import prunable_weights
 from supportprune.models import ModelSpec, build_model
 from supportprune.support import convert_relus
@@ -36,13 +34,7 @@ TRAIN_RECIPE = {
 
 
 def _recipe(tmp_path, **changes):
-    recipe = json.loads(json.dumps(TRAIN_RECIPE))
-    for dotted, value in changes.items():
-        section, key = dotted.split(".")
-        recipe[section][key] = value
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_recipe(tmp_path / "train.yaml", TRAIN_RECIPE, **changes)
 
 
 def _train(tmp_path, out, alternation, *extra, recipe=None):
