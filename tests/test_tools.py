@@ -23,7 +23,9 @@ def test_bench_pruned_compares_allocations_side_by_side(tmp_path):
     assert [row.split("|")[4].strip() for row in rows] == ["", "global", "latency"]
     dense, global_row, latency_row = ([cell.strip() for cell in row.split("|")] for row in rows)
     assert (dense[7], dense[9], dense[12]) == ("1.00", "1.00", "1.00")  # the dense model is its own reference
-    assert float(global_row[7]) > 1.5 and float(latency_row[7]) > 1.5  # MACs reduction at target 0.5
+    assert float(global_row[7]) > 1.5  # MACs reduction at target 0.5
+    # The latency allocation cuts to a predicted time: how many MACs go depends on the timings, never fewer than none.
+    assert float(latency_row[7]) >= 1.0
     assert latency_row[5] and not global_row[5]  # only the latency allocation has a prediction
 
 
