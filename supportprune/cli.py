@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Callable, List, Optional
 
+import click
 import typer
 
-from supportprune.errors import SupportpruneError
+from supportprune.errors import SupportpruneError, UserCodeError, describe_unexpected, write_traceback
 
 app = typer.Typer(
     help="Compress pretrained CNNs with learned supports (Huang, Kong, Lucey 2017): Dense–Sparse–Dense with B-alternation.",
@@ -25,19 +28,56 @@ def _err(text: str) -> None:
     typer.echo(f"error: {text}", err=True)
 
 
+class _ErrorLog:
+    """Where a failed command's full traceback goes: the run directory's log once a command knows its run
+    directory, else a file in the temporary directory. ``--debug`` also prints it."""
+
+    debug = False
+    path: Path = Path(tempfile.gettempdir()) / "supportprune-error.log"
+
+    @classmethod
+    def use_run_dir(cls, run_dir: Path) -> None:
+        cls.path = Path(run_dir) / "supportprune.log"
+
+    @classmethod
+    def record(cls, error: BaseException) -> Optional[Path]:
+        if cls.debug:
+            traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+        return write_traceback(error, cls.path)
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show the full traceback of a failure (it is always written to a log)")) -> None:
+    _ErrorLog.debug = debug
+
+
 def friendly_errors(command: Callable) -> Callable:
-    """Known problems become one line on stderr and exit code 1; no traceback."""
+    """Every failure becomes one line on stderr and a non-zero exit; no traceback. Known problems say what
+    is wrong and how to fix it; an exception from the user's code or an unexpected one names its origin, and
+    its traceback goes to the log (``--debug`` shows it)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except UserCodeError as error:
+            log = _ErrorLog.record(error.__cause__ or error)
+            _err(f"{error}".replace("\n", " ") + (f" (full traceback in {log})" if log else ""))
+            raise typer.Exit(1)
         except SupportpruneError as error:
+            if _ErrorLog.debug:
+                _ErrorLog.record(error)
             _err(str(error).replace("\n", " "))
             raise typer.Exit(getattr(error, "exit_code", 1))
         except KeyboardInterrupt:
             _err("interrupted; run the same command again to resume from the last checkpoint")
             raise typer.Exit(130)
+        except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback reaches the user
+            log = _ErrorLog.record(error)
+            _err(describe_unexpected(error, log).replace("\n", " "))
+            raise typer.Exit(1)
 
     return wrapper
 
@@ -88,13 +128,38 @@ def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
         raise SupportpruneError(f"{option} {text!r}: expected comma-separated numbers like 0.485,0.456,0.406") from None
 
 
-def _recipe_with_options(recipe: Optional[str], model: str, data: Optional[str], overrides: dict):
+def _recipe_with_options(recipe: Optional[str], model: str, data: Optional[str], overrides: dict,
+                         model_args: Optional[List[str]] = None):
     """(the recipe file ``resolve_recipe`` picks, that recipe with the command line's options on top);
-    options left at None are not given. Errors name the file and the option."""
+    options left at None are not given; ``--model-arg`` values are added to the recipe's ``model_args``.
+    Errors name the file and the option."""
     from supportprune.recipe import load_recipe, resolve_recipe, with_overrides
 
     recipe_path = resolve_recipe(recipe, model, data)
-    return recipe_path, with_overrides(load_recipe(recipe_path), overrides, f"{recipe_path} with command-line options")
+    loaded = load_recipe(recipe_path)
+    if model_args:
+        overrides = {**overrides, "model_args": {**loaded.model_args, **_model_args(model_args)}}
+    return recipe_path, with_overrides(loaded, overrides, f"{recipe_path} with command-line options")
+
+
+def _model_args(pairs: List[str]) -> dict:
+    """``--model-arg KEY=VALUE`` options as keyword arguments; values are YAML scalars (28, 0.5, true, null, text)."""
+    import yaml
+
+    parsed = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise SupportpruneError(f"--model-arg {pair!r}: expected NAME=VALUE, e.g. --model-arg input_size=28")
+        try:
+            parsed[key] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise SupportpruneError(f"--model-arg {pair!r}: the value is not a YAML scalar; quote it") from None
+    return parsed
+
+
+MODEL_ARG_HELP = "keyword argument of the model factory (or torchvision builder), NAME=VALUE, value parsed as YAML; repeatable"
 
 
 def _run_name(model: str) -> str:
@@ -135,6 +200,7 @@ def compress(
     allocation: Optional[str] = typer.Option(None, "--allocation", help="how the cut is spread: global (one support threshold to --target-macs) or latency (by layer latencies measured on the benchmark device, to --target-latency)"),
     target_latency: Optional[float] = typer.Option(None, "--target-latency", help="allocation latency: fraction of the dense model's predicted time to keep (default: --target-macs)"),
     latency_table: Optional[str] = typer.Option(None, "--latency-table", help="allocation latency: a latency-table.json (of an earlier run, or timed on the deployment machine) instead of timing here"),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
     restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
@@ -149,8 +215,9 @@ def compress(
         "sparse.criterion": criterion, "sparse.alternation": sparse_alternation, "sparse.allocation": allocation,
         "sparse.target_latency": target_latency, "sparse.latency_table": latency_table,
     }
-    recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides)
+    recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides, model_arg)
     out_dir = out or Path("runs") / _run_name(model)
+    _ErrorLog.use_run_dir(out_dir)
     reporter = RichReporter()
     reporter.message(f"supportprune compress {model}: recipe {recipe_path}, output {out_dir}")
     result = run_compress(model, resolved, out_dir, device=device, restart=restart, reporter=reporter, max_steps_per_epoch=max_steps)
@@ -176,6 +243,7 @@ def train_command(
     mask_storage: Optional[str] = typer.Option(None, "--mask-storage", help="instance supports: auto, memory or disk"),
     mask_memory_mb: Optional[int] = typer.Option(None, "--mask-memory-mb", help="memory budget for the instance supports"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="mini-batch size"),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
     restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
@@ -188,8 +256,9 @@ def train_command(
         "train.gap_epochs": gap_epochs, "train.granularity": granularity, "train.relative_threshold": relative_threshold,
         "train.mask_storage": mask_storage, "train.mask_memory_mb": mask_memory_mb,
     }
-    recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides)
+    recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides, model_arg)
     out_dir = out or Path("runs") / f"train-{_run_name(model)}-{resolved.train.alternation}"
+    _ErrorLog.use_run_dir(out_dir)
     reporter = RichReporter()
     reporter.message(f"supportprune train {model} --alternation {resolved.train.alternation}: recipe {recipe_path}, output {out_dir}")
     train(model, resolved, out_dir, device=device, restart=restart, reporter=reporter, max_steps_per_epoch=max_steps)
@@ -207,13 +276,14 @@ def experiment(
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where the individual runs (with their checkpoints) go; default runs/NAME-OF-OUT"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs of the train runs (the Dense step)"),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
     """Measure the paper's claims with several seeds: Figure 3 and Table 7 (SGD vs I- vs B-alternation), Table 8 (DSD criteria), accuracy against MACs (support vs L1/L2/random); writes report.md with tables and plots. Resumes where it stopped."""
     from supportprune.experiment import ExperimentPlan, command_line, run_experiment
 
     _, resolved = _recipe_with_options(recipe or "embedded", model, data,
-                                       {"data.source": data, "train.epochs": epochs})
+                                       {"data.source": data, "train.epochs": epochs}, model_arg)
     out = out or Path("results") / f"experiment-{resolved.data.source.split(':')[0]}"
     plan = ExperimentPlan(model, resolved, out, tuple(_ints(seeds, "--seeds")), tuple(_floats(targets, "--targets")),
                           device=device, max_steps=max_steps, runs_dir=runs_dir or Path("runs") / out.name,
@@ -260,11 +330,12 @@ def export_run(
     from supportprune.train import choose_device
 
     layout = RunLayout(run_dir)
+    _ErrorLog.use_run_dir(run_dir)
     torch_device = choose_device(device)
     spec, models = load_run_models(layout, torch_device)
     recipe = recipe_from_dict(yaml.safe_load(layout.recipe.read_text()), str(layout.recipe))
     data = load_data(recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean,
-                     std=recipe.data.std, channels=recipe.data.channels)
+                     std=recipe.data.std, channels=recipe.data.channels, resize_to=recipe.data.resize_to)
     _, val_loader = make_loaders(data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)
     export_models(spec, models, recipe, layout, val_loader, torch_device, RichReporter())
 

@@ -37,9 +37,9 @@ from supportprune.criteria import apply_weight_masks, prunable_weights
 from supportprune.data import load_data, make_loaders, reseed_epoch
 from supportprune.errors import SupportpruneError
 from supportprune.mask_store import InstanceMaskStore, choose_storage
-from supportprune.models import ModelSpec, build_model
+from supportprune.models import ModelSpec, build_model, check_forward
 from supportprune.pruning import count_macs_params
-from supportprune.recipe import PhaseConfig, Recipe, same_recipe
+from supportprune.recipe import PhaseConfig, Recipe, same_recipe, with_resolved_preprocessing
 from supportprune.distributed import cluster_device, init_cluster, shutdown_cluster
 from supportprune.support import (
     convert_relus,
@@ -243,6 +243,7 @@ def train(
 
 
 def _execute(model_name, recipe, out_dir, phases, device, restart, reporter, max_steps, deliver) -> "_Run":
+    recipe = with_resolved_preprocessing(recipe)  # recipe.yaml and the report say exactly how images were prepared
     cluster = init_cluster(device)
     try:
         with _StopRequests() as stop_requests:
@@ -293,7 +294,7 @@ class _Run:
         self.device = choose_device(cluster_device(cluster, self.requested_device))
         self.data = load_data(
             recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean, std=recipe.data.std,
-            augment=recipe.data.augment, channels=recipe.data.channels,
+            augment=recipe.data.augment, channels=recipe.data.channels, resize_to=recipe.data.resize_to,
         )
         processes = f", {cluster.world_size} processes" if cluster.distributed else ""
         self.reporter.message(f"data: {self.data.description}; device: {self.device}{processes}")
@@ -301,11 +302,14 @@ class _Run:
             self.data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed,
             rank=cluster.rank, world_size=cluster.world_size, with_indices=True,
         )
-        self.spec = ModelSpec(self.model_name, self.data.num_classes, self.data.channels, recipe.data.input_size)
+        self.spec = ModelSpec(self.model_name, self.data.num_classes, self.data.channels, recipe.data.input_size,
+                              dict(recipe.model_args))
         if cluster.is_main:  # what `supportprune export` needs to rebuild the models
             info = {**json.loads(self.layout.run_info.read_text()), "spec": asdict(self.spec)}
             atomic_write_text(self.layout.run_info, json.dumps(info, indent=2))
-        self.model = convert_relus(build_model(self.spec, recipe.weights), self.spec.example_input()).to(self.device)
+        plain_model = build_model(self.spec, recipe.weights)
+        check_forward(plain_model, self.spec)
+        self.model = convert_relus(plain_model, self.spec.example_input()).to(self.device)
         if recipe.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         set_site_mode(self.model, "threshold", global_supports=cluster.distributed)

@@ -79,10 +79,16 @@ def load_data(
     std: Sequence[float],
     augment: bool = False,
     channels: int | None = None,
+    resize_to: int | None = None,
 ) -> DataSplits:
-    """Load the train and val splits named by ``source`` (see VALID_SOURCES)."""
+    """Load the train and val splits named by ``source`` (see VALID_SOURCES). Evaluation images are resized
+    (shorter side) to ``resize_to`` and centre-cropped to ``input_size``; ``resize_to`` None: the source's
+    custom (``resolve_resize``)."""
     if not isinstance(input_size, int) or input_size < 1:
         raise SupportpruneError(f"input_size must be a positive integer, got {input_size!r}")
+    resize_to = resize_to if resize_to is not None else resolve_resize(source, input_size, None, None)
+    if resize_to < input_size:
+        raise SupportpruneError(f"resize_to {resize_to} is smaller than input_size {input_size}; set data.resize_to >= it")
     if channels is not None and channels not in (1, 3):
         raise SupportpruneError(f"channels must be 1 or 3 (or unset), got {channels!r}")
     scheme, directory = _parse_source(source)
@@ -93,8 +99,36 @@ def load_data(
     elif scheme == "cifar10":
         raw = _load_cifar10(directory)
     else:
-        return _load_folder(directory, scheme, input_size, mean, std, augment, channels)
-    return _in_memory_splits(raw, input_size, mean, std, augment, channels)
+        return _load_folder(directory, scheme, input_size, resize_to, mean, std, augment, channels)
+    return _in_memory_splits(raw, input_size, resize_to, mean, std, augment, channels)
+
+
+IMAGENET_CROP_FRACTION = 0.875  # the usual ImageNet evaluation: resize to 256, centre-crop 224
+
+
+def resolve_resize(source: str, input_size: int, resize_to: int | None, crop_fraction: float | None) -> int:
+    """The side the shorter image side is resized to before the centre crop of ``input_size``: given, or
+    ``input_size / crop_fraction``, where ``crop_fraction`` defaults to 0.875 for imagenet: and to 1 (no
+    crop: images of the input size are used as they are) for every other source."""
+    if resize_to is not None and crop_fraction is not None and resize_to != round(input_size / crop_fraction):
+        raise SupportpruneError(
+            f"data.resize_to {resize_to} and data.crop_fraction {crop_fraction} disagree for input_size {input_size} "
+            f"(resize_to = input_size / crop_fraction = {round(input_size / crop_fraction)}); set only one of them")
+    if resize_to is not None:
+        return resize_to
+    if crop_fraction is None:
+        crop_fraction = IMAGENET_CROP_FRACTION if source.partition(":")[0] == "imagenet" else 1.0
+    return round(input_size / crop_fraction)
+
+
+def preprocessing_description(input_size: int, resize_to: int, augment: bool) -> str:
+    """How evaluation images are prepared, in words for the report."""
+    if resize_to == input_size:
+        text = f"resized to {input_size}×{input_size}, no crop"
+    else:
+        text = (f"shorter side resized to {resize_to}, centre-cropped to {input_size}×{input_size} "
+                f"(crop fraction {input_size / resize_to:.3f})")
+    return text + ("; training images augmented (random crop and flip)" if augment else "")
 
 
 class ExampleIndices(Dataset):
@@ -462,13 +496,14 @@ class _TensorImages(_Seedable, Dataset):
 
     def __init__(
         self, images: np.ndarray, labels: np.ndarray, *, input_size: int,
-        mean: list[float], std: list[float], channels: int, augment: bool,
+        mean: list[float], std: list[float], channels: int, augment: bool, resize_to: int | None = None,
     ) -> None:
         super().__init__(augment)
         if images.ndim == 3:
             images = images[:, None]
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
         self.input_size = input_size
+        self.resize_to = resize_to or input_size
         self.channels = channels
         self._mean = torch.tensor(mean).view(1, -1, 1, 1)
         self._std = torch.tensor(std).view(1, -1, 1, 1)
@@ -488,9 +523,14 @@ class _TensorImages(_Seedable, Dataset):
     def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W → float, channel-converted, resized, normalised."""
         x = _convert_channels(batch.float().div_(255.0), self.channels)
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False, antialias=True)
+        height, width = x.shape[-2:]
+        scale = self.resize_to / min(height, width)  # the shorter side to resize_to, as torchvision's Resize(int)
+        size = (max(self.resize_to, round(height * scale)), max(self.resize_to, round(width * scale)))
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if size != (self.input_size, self.input_size):
+            top, left = (size[0] - self.input_size) // 2, (size[1] - self.input_size) // 2
+            x = x[..., top:top + self.input_size, left:left + self.input_size]
         return ((x - self._mean) / self._std).contiguous()
 
     def __len__(self) -> int:
@@ -525,7 +565,7 @@ def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
 
 
 def _in_memory_splits(
-    raw: _RawArrays, input_size: int, mean: Sequence[float], std: Sequence[float],
+    raw: _RawArrays, input_size: int, resize_to: int, mean: Sequence[float], std: Sequence[float],
     augment: bool, channels: int | None,
 ) -> DataSplits:
     native = 1 if raw.train_images.ndim == 3 else raw.train_images.shape[1]
@@ -534,13 +574,13 @@ def _in_memory_splits(
     num_classes = len(raw.class_names)
     _check_labels(raw.train_labels, num_classes, f"{raw.name} train split")
     _check_labels(raw.val_labels, num_classes, f"{raw.name} val split")
-    common = dict(input_size=input_size, mean=mean_c, std=std_c, channels=out_channels)
+    common = dict(input_size=input_size, resize_to=resize_to, mean=mean_c, std=std_c, channels=out_channels)
     train = _TensorImages(raw.train_images, raw.train_labels, augment=augment, **common)
     val = _TensorImages(raw.val_images, raw.val_labels, augment=False, **common)
     return DataSplits(
         train=train, val=val, num_classes=num_classes, channels=out_channels,
         class_names=raw.class_names,
-        description=f"{raw.name} ({len(train)} train / {len(val)} val)",
+        description=f"{raw.name} ({len(train)} train / {len(val)} val; {preprocessing_description(input_size, resize_to, augment)})",
     )
 
 
@@ -595,11 +635,11 @@ def _image_folder(root: Path, mode: str):
         ) from None
 
 
-def _folder_transforms(input_size: int, mean: list[float], std: list[float], augment: bool) -> tuple[Callable, Callable]:
+def _folder_transforms(input_size: int, resize_to: int, mean: list[float], std: list[float], augment: bool) -> tuple[Callable, Callable]:
     from torchvision import transforms as T
 
     tail = [T.ToTensor(), T.Normalize(mean, std)]
-    evaluate = T.Compose([T.Resize(round(input_size * 256 / 224)), T.CenterCrop(input_size), *tail])
+    evaluate = T.Compose([T.Resize(resize_to), T.CenterCrop(input_size), *tail])
     if not augment:
         return evaluate, evaluate
     train = T.Compose([T.RandomResizedCrop(input_size), T.RandomHorizontalFlip(), *tail])
@@ -607,10 +647,10 @@ def _folder_transforms(input_size: int, mean: list[float], std: list[float], aug
 
 
 def _load_folder(
-    directory: Path, scheme: str, input_size: int, mean: Sequence[float], std: Sequence[float],
+    directory: Path, scheme: str, input_size: int, resize_to: int, mean: Sequence[float], std: Sequence[float],
     augment: bool, channels: int | None,
 ) -> DataSplits:
-    out_channels = _resolve_channels(3, channels)
+    out_channels = _resolve_channels(_folder_native_channels(directory / "train"), channels)
     mean_c, std_c = _check_norm(mean, std, out_channels)
     mode = "RGB" if out_channels == 3 else "L"
     train_folder = _image_folder(directory / "train", mode)
@@ -622,7 +662,7 @@ def _load_folder(
             f"class folders differ between {directory / 'train'} and {directory / 'val'} "
             f"(only in train: {only_train[:5]}, only in val: {only_val[:5]}); make both hold the same classes"
         )
-    train_tf, val_tf = _folder_transforms(input_size, mean_c, std_c, augment)
+    train_tf, val_tf = _folder_transforms(input_size, resize_to, mean_c, std_c, augment)
     train = _FolderImages(train_folder, train_tf, augment)
     val = _FolderImages(val_folder, val_tf, False)
     kind = "ImageNet" if scheme == "imagenet" else "image folder"
@@ -630,5 +670,19 @@ def _load_folder(
     return DataSplits(
         train=train, val=val, num_classes=num_classes, channels=out_channels,
         class_names=tuple(train_folder.classes),
-        description=f"{kind} {directory} ({len(train)} train / {len(val)} val, {num_classes} classes)",
+        description=(f"{kind} {directory} ({len(train)} train / {len(val)} val, {num_classes} classes; "
+                     f"{preprocessing_description(input_size, resize_to, augment)})"),
     )
+
+
+def _folder_native_channels(train_dir: Path) -> int:
+    """1 when the folder's images are grayscale (judged by the first image found), else 3."""
+    from PIL import Image
+
+    for path in sorted(p for p in train_dir.rglob("*") if p.is_file()):
+        try:
+            with Image.open(path) as image:
+                return 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+        except OSError:
+            continue
+    return 3

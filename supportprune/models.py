@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from supportprune.errors import SupportpruneError
+from supportprune.errors import SupportpruneError, UserCodeError, first_line, register_user_code, user_frame
 
 SITE_BUFFERS = frozenset(
     ("beta", "keep", "relative_threshold", "stat_batches", "stat_support_batches", "stat_energy",
@@ -32,6 +32,7 @@ class ModelSpec:
     num_classes: int
     in_channels: int
     input_size: int
+    model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the factory
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         return torch.zeros(batch, self.in_channels, self.input_size, self.input_size)
@@ -54,7 +55,7 @@ def classification_models() -> list[str]:
 def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
     """Instantiate ``spec.name`` with ``weights`` loaded, then adapt head and input channels."""
     if ":" in spec.name:
-        model = _from_factory(spec.name)
+        model = _from_factory(spec.name, spec.model_args)
         native_classes = None
     else:
         import torchvision
@@ -66,7 +67,12 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
                 f"unknown model {spec.name!r}{hint}; use a torchvision classification model name "
                 "(`python -c 'import torchvision; print(torchvision.models.list_models())'`) or package.module:factory"
             )
-        model = torchvision.models.get_model(spec.name, weights=None, **_torchvision_kwargs(spec.name))
+        kwargs = {**_torchvision_kwargs(spec.name), **spec.model_args}
+        try:
+            model = torchvision.models.get_model(spec.name, weights=None, **kwargs)
+        except (TypeError, ValueError) as error:
+            raise SupportpruneError(f"{spec.name}({_call_args(kwargs)}) failed: {first_line(error)}; check --model-arg / "
+                                    "model_args against the torchvision model's arguments") from None
         native_classes = _head(model).out_features
     if weights is not None:
         load_weights(model, weights, spec.name)
@@ -76,19 +82,65 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
     return model
 
 
-def _from_factory(path: str) -> nn.Module:
+def _call_args(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def _from_factory(path: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     module_name, _, attribute = path.partition(":")
+    kwargs = kwargs or {}
     # Like `python -m`, find modules in the working directory too (console scripts do not).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        factory = getattr(importlib.import_module(module_name), attribute)
+        module = importlib.import_module(module_name)
+        factory = getattr(module, attribute)
     except (ImportError, AttributeError) as error:
         raise SupportpruneError(f"cannot import model factory {path!r}: {error}; check the module is on PYTHONPATH") from None
-    model = factory()
+    except Exception as error:  # the user's module itself raised while importing
+        raise UserCodeError(f"importing {module_name} raised {type(error).__name__}: {first_line(error)}") from error
+    top_level = sys.modules.get(module_name.partition(".")[0])
+    if getattr(top_level, "__file__", None):
+        register_user_code(Path(top_level.__file__).parent)
+    if not callable(factory):
+        raise SupportpruneError(f"{path!r} is a {type(factory).__name__}, not a callable that returns an nn.Module")
+    call = f"{path}({_call_args(kwargs)})"
+    try:
+        model = factory(**kwargs)
+    except TypeError as error:
+        if user_frame(error.__traceback__) is None or "argument" in str(error):
+            # The call itself did not fit the factory's signature.
+            raise UserCodeError(f"model factory {call} failed: {first_line(error)}; pass the factory's arguments with "
+                                "--model-arg NAME=VALUE (repeatable) or model_args: in the recipe") from error
+        raise UserCodeError(f"model factory {call} raised TypeError: {first_line(error)}") from error
+    except Exception as error:
+        raise UserCodeError(f"model factory {call} raised {type(error).__name__}: {first_line(error)}") from error
     if not isinstance(model, nn.Module):
         raise SupportpruneError(f"model factory {path!r} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def check_forward(model: nn.Module, spec: ModelSpec) -> None:
+    """Run the model once on an example batch of the data's shape, so a model that cannot read these inputs
+    fails here with one line saying what it was given, not deep inside training."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(spec.example_input())
+    except Exception as error:
+        shape = tuple(spec.example_input().shape)
+        raise UserCodeError(
+            f"{spec.name} failed on an input batch of shape {shape} ({type(error).__name__}: {first_line(error)}); "
+            "if the model expects another image size or channel count, set --input-size / --channels "
+            "(data.input_size, data.channels)"
+        ) from error
+    finally:
+        model.train(was_training)
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        what = type(output).__name__ if not isinstance(output, torch.Tensor) else f"a tensor of shape {tuple(output.shape)}"
+        raise SupportpruneError(f"{spec.name} returned {what}; supportprune compresses classifiers whose forward returns "
+                                "logits of shape (batch, classes)")
 
 
 def _head(model: nn.Module) -> nn.Linear:

@@ -37,12 +37,21 @@ class DataConfig:
     channels: Optional[int] = None  # None: the dataset's own
     mean: tuple[float, ...] = (0.2860,)
     std: tuple[float, ...] = (0.3530,)
+    # Evaluation preprocessing: resize (the shorter side) to resize_to, then centre-crop input_size, like timm's
+    # crop_pct. None: resize_to = input_size / crop_fraction, and crop_fraction is the source's custom
+    # (0.875 for imagenet:, 1: no crop, for every other source). A run's recipe.yaml holds the resolved values.
+    resize_to: Optional[int] = None
+    crop_fraction: Optional[float] = None
     augment: bool = False
     batch_size: int = 128
     workers: int = 0
 
     def __post_init__(self) -> None:
         _positive(self, "input_size", "batch_size")
+        if self.resize_to is not None and self.resize_to < self.input_size:
+            raise ValueError(f"resize_to: must be >= input_size ({self.input_size}), got {self.resize_to}")
+        if self.crop_fraction is not None and not 0 < self.crop_fraction <= 1:
+            raise ValueError(f"crop_fraction: must lie in (0, 1], got {self.crop_fraction}")
         if self.workers < 0:
             raise ValueError("workers: must be >= 0")
         if len(self.mean) != len(self.std):
@@ -193,6 +202,7 @@ class Recipe:
     version: int = RECIPE_VERSION
     description: str = ""
     weights: Optional[str] = None  # torchvision weights name or a file; None: random initialisation
+    model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model factory
     seed: int = 0
     checkpoint_every_steps: int = 0  # also checkpoint inside epochs every K steps (0: at epoch ends only)
     precision: str = "fp32"  # training arithmetic: fp32, or bf16 autocast
@@ -235,6 +245,12 @@ def _check_support_options(obj: Any) -> None:
         raise ValueError("relative_threshold: must be >= 0")
 
 
+def _is_plain_data(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain_data(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -256,9 +272,23 @@ def same_recipe(path: str | Path, recipe: Recipe) -> bool:
     """Whether the recipe saved at ``path`` (a run's recipe.yaml) is ``recipe``. Compared after loading, so a run
     written before an option existed still matches when the option is at its default."""
     try:
-        return load_recipe(path).to_yaml() == recipe.to_yaml()
+        return with_resolved_preprocessing(load_recipe(path)).to_yaml() == with_resolved_preprocessing(recipe).to_yaml()
     except RecipeError:
         return False
+
+
+def with_resolved_preprocessing(recipe: Recipe) -> Recipe:
+    """``recipe`` with ``data.resize_to`` and ``data.crop_fraction`` made explicit for its data source, as a run
+    records them (a run saved before these keys existed resolves to what it did)."""
+    from supportprune.data import resolve_resize
+
+    data = recipe.data
+    try:
+        resize_to = resolve_resize(data.source, data.input_size, data.resize_to, data.crop_fraction)
+    except SupportpruneError as error:
+        raise RecipeError(str(error)) from None
+    return dataclasses.replace(recipe, data=dataclasses.replace(
+        data, resize_to=resize_to, crop_fraction=round(data.input_size / resize_to, 6)))
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -318,6 +348,13 @@ def _coerce(hint: Any, value: Any, origin: str, key: str) -> Any:
 
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, origin, f"{key}.")
+    if origin_type is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
+            raise fail("a mapping of argument names to values")
+        bad = [k for k, v in value.items() if not _is_plain_data(v)]
+        if bad:
+            raise RecipeError(f"{origin}: {key}.{bad[0]}: expected a YAML scalar or list, got {value[bad[0]]!r}")
+        return dict(value)
     if origin_type in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
