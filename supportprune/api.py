@@ -1,0 +1,86 @@
+"""The Python API: learned-support pruning inside your own training loop.
+
+The CLI's Sparse step as one small object, the way Torch-Pruning's pruners and torchao's quantizers are used::
+
+    pruner = SupportPruner(model, example_input, target_macs=0.5)   # ReLUs become support sites (η*, Eq. 9)
+    pruner.start_sparse()               # training batches now apply B-alternation masks (Eq. 39–41)
+    ... your training loop on pruner.model ...
+    pruner.prune()                      # an alternation point: channels with the weakest support go, to the target
+    ... more training (the pruned channels stay at zero) ...
+    sparse = pruner.sparse_model()      # physically smaller, equal to the masked model
+    pruner.redense()                    # DSD's re-dense: pruned connections back, at zero
+    pruner.export(sparse, "sparse.onnx")
+
+Every method calls the same functions (``supportprune.dsd``, ``supportprune.support``, ``supportprune.export``) that
+``supportprune compress`` runs; nothing here reads or writes files except ``export``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from supportprune import dsd
+from supportprune.support import convert_relus
+from supportprune.errors import SupportpruneError
+from supportprune.export import ExportCheck, export_onnx
+from supportprune.pruning import count_macs_params
+from supportprune.recipe import SparseConfig
+from supportprune.support import export_ready, kept_channel_counts
+
+
+class SupportPruner:
+    """Prunes ``model``'s channels by their learned support (Huang, Kong, Lucey 2017, section 4.2) to a MACs target.
+
+    ``model`` is converted on construction (``pruner.model``: train and evaluate that one). Options are those of
+    a recipe's ``sparse`` section: ``target_macs`` (fraction of MACs kept), ``relative_threshold`` (Eq. 41's β as
+    a multiple of each site's mean unit energy, for the training masks), ``granularity`` (``channel`` or
+    ``element``), ``round_to`` (kept channel counts are multiples of it), ``criterion`` (``support`` or a
+    channel baseline such as ``l1``).
+    """
+
+    def __init__(self, model: nn.Module, example_input: Tensor, *, target_macs: float | None = 0.5,
+                 relative_threshold: float = 0.2, granularity: str = "channel", round_to: int = 8,
+                 criterion: str = "support", seed: int = 0) -> None:
+        try:
+            self.config = SparseConfig(epochs=1, target_macs=target_macs, relative_threshold=relative_threshold,
+                                       granularity=granularity, round_to=round_to, criterion=criterion)
+        except ValueError as error:
+            raise SupportpruneError(f"SupportPruner: {error}") from None
+        self.example_input = example_input.detach()
+        self.seed = seed
+        self.model = convert_relus(model, self.example_input)
+        self.baseline_macs, self.baseline_params = count_macs_params(self.model, self.example_input)
+
+    def start_sparse(self) -> None:
+        """From now on each training batch applies its B-alternation mask and the support statistics are recorded."""
+        dsd.begin_sparse(self.model, self.config)
+
+    def prune(self) -> dsd.AlternationResult:
+        """An alternation point: prune (by keep masks) the channels whose support was weakest since
+        ``start_sparse`` or the previous ``prune``, so the model keeps ``target_macs`` of its MACs."""
+        return dsd.alternation_point(self.model, self.example_input, self.config, self.baseline_macs, seed=self.seed)
+
+    def kept_channels(self) -> dict[str, tuple[int, int]]:
+        """Per support site, (channels kept, channels in all)."""
+        return kept_channel_counts(self.model)
+
+    def sparse_model(self) -> nn.Module:
+        """A physically pruned copy, in eval mode, computing what the masked ``pruner.model`` computes."""
+        dsd.end_sparse(self.model)
+        return dsd.build_sparse_model(self.model, self.example_input).eval()
+
+    def redense(self) -> int:
+        """DSD's re-dense step on ``pruner.model``: the pruned connections come back at zero (train it again
+        afterwards). Returns how many channels came back."""
+        return dsd.redense(self.model, self.example_input)
+
+    def export(self, model: nn.Module, path: str | Path, *, check_input: Tensor | None = None,
+               tolerance: float = 1e-3) -> ExportCheck:
+        """Write ``model`` (``pruner.model`` or ``sparse_model()``) to ONNX, checked against PyTorch with ONNX Runtime."""
+        check = self.example_input if check_input is None else check_input
+        with torch.no_grad():
+            return export_onnx(export_ready(model), path, example_input=self.example_input, check_input=check,
+                               tolerance=tolerance)
