@@ -194,6 +194,23 @@ def test_support_statistics_prune_to_the_target(statistic):
     assert 0.5 * baseline - _largest_one_channel_step(model, EXAMPLE) <= result.macs <= 0.5 * baseline
 
 
+@pytest.mark.parametrize("criterion", ["taylor", "lamp"])
+def test_latency_allocation_takes_any_criterions_scores(criterion):
+    """With a table that predicts time as MACs, the latency allocation halves the predicted time on the
+    criterion's scores."""
+    from supportprune.allocation import layer_shapes
+
+    model = _tiny_resnet()
+    shapes = layer_shapes(model, EXAMPLE)
+    latency = lambda name, i, o: shapes[name].macs(i, o) * 1e-9  # noqa: E731
+    baseline, _ = count_macs_params(model, EXAMPLE)
+    config = SparseConfig(criterion=criterion, target_macs=0.5, epochs=1, allocation="latency", observe_batches=1)
+    result = dsd.alternation_point(model, EXAMPLE, config, baseline, layer_latency=latency,
+                                   criterion=_observed(make_criterion(config), model))
+    assert result.criterion == criterion and result.predicted_speedup >= 2.0
+    assert result.macs < baseline
+
+
 def _group_rooted_at(model, layer):
     graph = dependency_graph(model, EXAMPLE)
     group = next(g for g in site_groups(graph) if g.root is model.get_submodule(layer))
