@@ -195,7 +195,7 @@ def compress(
     relative_threshold: Optional[float] = typer.Option(None, "--relative-threshold", help="Eq. 41's β as a multiple of each site's mean unit energy"),
     target_macs: Optional[float] = typer.Option(None, "--target-macs", help="fraction of baseline MACs to keep; the threshold is searched to meet it"),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="keep channel counts multiples of this"),
-    criterion: Optional[str] = typer.Option(None, "--criterion", help="what prunes in the Sparse step: support (the paper), or a baseline: magnitude (DSD), l1, l2, random (channels, at --target-macs)"),
+    criterion: Optional[str] = typer.Option(None, "--criterion", help="what prunes in the Sparse step: support (the paper), or a baseline: magnitude (DSD, weights), or channels at --target-macs by a torch-pruning importance: l1, l2, fpgm, lamp, bn_scale, taylor, hessian (gradients of sparse.observe_batches batches), random"),
     sparse_alternation: Optional[str] = typer.Option(None, "--sparse-alternation", help="support criterion: batch (B-alternation) or instance (I-alternation)"),
     allocation: Optional[str] = typer.Option(None, "--allocation", help="how the cut is spread: global (one support threshold to --target-macs) or latency (by layer latencies measured on the benchmark device, to --target-latency)"),
     target_latency: Optional[float] = typer.Option(None, "--target-latency", help="allocation latency: fraction of the dense model's predicted time to keep (default: --target-macs)"),

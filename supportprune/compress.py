@@ -33,7 +33,7 @@ from supportprune.alternation import (
 )
 from supportprune.atomic import atomic_write_text
 from supportprune.checkpoint import load_latest, save_checkpoint
-from supportprune.criteria import apply_weight_masks, prunable_weights
+from supportprune.criteria import Criterion, apply_weight_masks, make_criterion, prunable_weights
 from supportprune.data import load_data, make_loaders, reseed_epoch
 from supportprune.errors import SupportpruneError
 from supportprune.mask_store import InstanceMaskStore, choose_storage
@@ -264,6 +264,7 @@ class _Run:
         self.model_name, self.recipe, self.cluster = model_name, recipe, cluster
         self.phases, self.deliver = phases, deliver
         self.weight_masks = None  # magnitude baseline: weights kept zero after each step of the Sparse phase
+        self.criterion, self.criterion_state = None, {}  # the Sparse step's criterion and its saved observations
         self.mask_store = None  # I-alternation: the supports of every training example
         self.final_result: dict[str, Any] = {}  # a train run's closing evaluation
         self.reporter = reporter if (reporter is not None and cluster.is_main) else SilentReporter()
@@ -350,6 +351,7 @@ class _Run:
         for problem in problems:
             self.reporter.message(f"warning: {problem}; resuming from {used.name}")
         self.model.load_state_dict(saved["model"])
+        self.criterion_state = saved.get("criterion") or {}
         self.state = RunState(**saved["run"])
         torch.set_rng_state(saved["rng"]["torch"])
         if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
@@ -657,8 +659,11 @@ class _Run:
             return
         if self.cluster.is_main:
             table = self._latency_table() if self.recipe.sparse.allocation == "latency" else None
+            criterion = self._criterion()
+            for images, labels in itertools.islice(self._ordered_train_loader(), criterion.observe_batches):
+                criterion.observe(self.model, images.to(self.device), labels.to(self.device))
             result = dsd.alternation_point(self.model, self.example, self.recipe.sparse, self.baseline_macs,
-                                           seed=self.recipe.seed, layer_latency=table)
+                                           seed=self.recipe.seed, layer_latency=table, criterion=criterion)
             self.state.alternations.append({"epoch": epoch, **asdict(result)})
             what = ("support" if self.recipe.sparse.criterion == "support" else f"{self.recipe.sparse.criterion} channel")
             self.reporter.message(
@@ -671,6 +676,13 @@ class _Run:
         else:
             reset_support_stats(self.model)
         self.cluster.broadcast_tensors([site.keep for site in sites])
+
+    def _criterion(self) -> Criterion:
+        """The Sparse step's criterion (``sparse.criterion``), with what it observed restored on resume."""
+        if self.criterion is None:
+            self.criterion = make_criterion(self.recipe.sparse, seed=self.recipe.seed)
+            self.criterion.load_state_dict(self.criterion_state)
+        return self.criterion
 
     def _latency_table(self):
         """The layer latency table for ``allocation: latency``: read back from the run directory when it was
@@ -734,13 +746,15 @@ class _Run:
 
     def _save(self, optimizer, scheduler) -> None:
         if self.cluster.is_main:
-            _save(self.layout, self.model, optimizer, scheduler, self.state)
+            _save(self.layout, self.model, optimizer, scheduler, self.state,
+                  self.criterion.state_dict() if self.criterion is not None else self.criterion_state)
         self.cluster.barrier()
 
 
-def _save(layout: RunLayout, model: nn.Module, optimizer, scheduler, state: RunState) -> None:
+def _save(layout: RunLayout, model: nn.Module, optimizer, scheduler, state: RunState, criterion_state=None) -> None:
     save_checkpoint(layout.checkpoint, {
         "model": model.state_dict(),
+        "criterion": criterion_state or {},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "run": asdict(state),

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from supportprune.allocation import LayerLatency, latency_aware_keep_masks, predicted_latency
-from supportprune.criteria import apply_weight_masks, channel_scores, magnitude_masks, nonzero_parameters
+from supportprune.criteria import Criterion, apply_weight_masks, magnitude_masks, make_criterion, nonzero_parameters
 from supportprune.pruning import (
     apply_keep_masks,
     count_macs_params,
@@ -29,7 +29,7 @@ from supportprune.pruning import (
     search_relative_threshold,
     zero_pruned_connections,
 )
-from supportprune.recipe import CHANNEL_CRITERIA, SparseConfig
+from supportprune.recipe import SparseConfig
 from supportprune.support import reset_support_stats, set_site_mode, support_sites
 
 
@@ -86,26 +86,27 @@ def alternation_point(
     *,
     seed: int = 0,
     layer_latency: LayerLatency | None = None,
+    criterion: Criterion | None = None,
 ) -> AlternationResult:
     """Prune (by keep masks) the channels whose support stayed zero. With a MACs target, the pruning
     threshold is searched so the zero-support channels meet it; the training masks keep the recipe's
     threshold (a threshold high enough to cut half the MACs would, applied to every batch, mask half
     of each layer anew at every step, and training does not survive that). Statistics restart.
 
-    Channel baselines (``criterion`` l1, l2, random) prune to the same MACs target by the same search
-    over their own scores. (``magnitude`` prunes weights, not channels: see ``magnitude_point``.)
+    Every channel criterion (``criterion``, built from ``config.criterion`` when not given: the support's
+    statistic, or a torch-pruning importance) prunes to the same MACs target by the same search over its
+    own scores. (``magnitude`` prunes weights, not channels: see ``magnitude_point``.)
 
     ``allocation: latency`` (needs ``layer_latency``, a measured table) cuts until the table predicts
     ``target_latency`` (default ``target_macs``) of the dense time, where it saves the most time per unit of
     score lost (``allocation.latency_aware_keep_masks``); the reported threshold is the highest score pruned."""
     observed = max((int(site.stat_batches) for _, site in support_sites(model)), default=0)
+    criterion = criterion or make_criterion(config, seed=seed)
+    scores = criterion.scores(model, example_input)
     predicted_speedup = None
     if config.allocation == "latency":
         if layer_latency is None:
             raise ValueError("allocation latency needs a layer latency table")
-        scores = (channel_scores(model, example_input, config.criterion, seed=seed)
-                  if config.criterion in CHANNEL_CRITERIA else
-                  {name: site.stat_max_relative_energy.clone() for name, site in support_sites(model)})
         dense_latency = predicted_latency(model, example_input, layer_latency)  # the masked model has full widths
         keep, _, latency = latency_aware_keep_masks(
             model, example_input, scores, config.latency_target * dense_latency, layer_latency, round_to=config.round_to
@@ -113,20 +114,14 @@ def alternation_point(
         pruned = [scores[name].cpu()[(site.keep.cpu() > 0) & (keep[name] == 0)] for name, site in support_sites(model)]
         threshold = float(torch.cat(pruned).max()) if sum(p.numel() for p in pruned) else 0.0
         predicted_speedup = dense_latency / latency if latency > 0 else None
-    elif config.criterion in CHANNEL_CRITERIA:
-        scores = channel_scores(model, example_input, config.criterion, seed=seed)
+    elif config.target_macs is not None:
         threshold, keep, _ = search_relative_threshold(
             model, example_input, scores, int(config.target_macs * baseline_macs), round_to=config.round_to
         )
-    elif config.target_macs is not None:
-        max_relative = {name: site.stat_max_relative_energy.clone() for name, site in support_sites(model)}
-        threshold, keep, _ = search_relative_threshold(
-            model, example_input, max_relative, int(config.target_macs * baseline_macs), round_to=config.round_to
-        )
-    else:
+    else:  # the support without a target: the channels whose support stayed zero at the training threshold
         threshold = float(next(site for _, site in support_sites(model)).relative_threshold)
-        scores = {name: site.stat_max_relative_energy for name, site in support_sites(model)}
         keep = plan_keep_masks(model, example_input, zero_support_channels(model), round_to=config.round_to, scores=scores)
+    criterion.reset()
     apply_keep_masks(model, keep)
     reset_support_stats(model)
     macs, params = count_macs_params(prune_to_keep_masks(model, example_input), example_input)

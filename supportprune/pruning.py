@@ -237,10 +237,11 @@ def search_relative_threshold(
     ≤ τ (Eq. 41 per batch), so every candidate τ can be tried from the recorded statistics without
     retraining. Bisection over the recorded values; returns (τ, keep masks, MACs).
 
-    Any per-channel score works the same way (channels scoring ≤ τ die): the baselines' L1/L2 norms
-    and random scores are pruned to a MACs target by this same search.
+    Any per-channel score works the same way (channels scoring ≤ τ die): every criterion's scores
+    (``criteria``) are pruned to a MACs target by this same search.
     """
     candidates = torch.unique(torch.cat([v.flatten().float().cpu() for v in max_relative_energy.values()]))
+    candidates = candidates[torch.isfinite(candidates)]  # +inf: a channel its criterion cannot measure, kept
     candidates = torch.cat([torch.zeros(1), candidates])
 
     def evaluate(threshold: float) -> tuple[dict[str, Tensor], int]:

@@ -20,7 +20,9 @@ from supportprune.errors import SupportpruneError
 RECIPE_VERSION = 1
 SCHEDULES = ("cosine", "step", "constant")
 ALLOCATIONS = ("global", "latency")
-CHANNEL_CRITERIA = ("l1", "l2", "random")  # baselines that prune channels to a MACs target
+# baselines that prune channels to a MACs target (torch-pruning importances; criteria.REGISTRY builds them)
+CHANNEL_CRITERIA = ("l1", "l2", "random", "taylor", "fpgm", "lamp", "hessian", "bn_scale")
+SUPPORT_STATISTICS = ("max_energy", "frequency", "energy_x_consumer")  # criteria.support_statistics
 CRITERIA = ("support", "magnitude") + CHANNEL_CRITERIA
 ALTERNATIONS = ("none", "instance", "batch")
 MASK_STORAGES = ("auto", "memory", "disk")
@@ -92,9 +94,11 @@ class SparseConfig(PhaseConfig):
     round_to: int = 1  # kept channel counts are multiples of this (GPU-friendly shapes)
     prune_at: tuple[int, ...] = ()  # epochs (1-based) after which zero-support channels are pruned; () = last
     # What decides the pruning: the learned support (the paper), or a baseline at matched cost: DSD's
-    # weight magnitude (unstructured), channel L1/L2 norms or random channels (need target_macs).
+    # weight magnitude (unstructured), or a torch-pruning channel importance (CHANNEL_CRITERIA; need target_macs).
     criterion: str = "support"
     alternation: str = "batch"  # support criterion: B-alternation (Eq. 41) or I-alternation (Eq. 38)
+    support_statistic: str = "max_energy"  # support criterion: what scores a channel (SUPPORT_STATISTICS)
+    observe_batches: int = 10  # taylor, hessian: training batches whose gradients they accumulate per decision
     magnitude_sparsity: float = 0.3  # criterion magnitude: share of conv/linear weights zeroed per layer
     # Where the MACs cut falls: one threshold over the whole network (global), or per coupled group by
     # support lost per second saved, from layer latencies measured on the benchmark device (latency).
@@ -127,6 +131,9 @@ class SparseConfig(PhaseConfig):
             raise ValueError(f"criterion: must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         if self.alternation not in ("batch", "instance"):
             raise ValueError(f"alternation: must be batch or instance, got {self.alternation!r}")
+        if self.support_statistic not in SUPPORT_STATISTICS:
+            raise ValueError(f"support_statistic: must be one of {', '.join(SUPPORT_STATISTICS)}, got {self.support_statistic!r}")
+        _positive(self, "observe_batches")
         if self.criterion in CHANNEL_CRITERIA and self.target_macs is None:
             raise ValueError(f"target_macs: criterion {self.criterion} prunes channels to a MACs target; set one (e.g. the support's)")
         if not 0 <= self.magnitude_sparsity < 1:
