@@ -48,7 +48,8 @@ class Functional(nn.Module):
         self.conv1 = nn.Conv2d(4, 5, 3, padding=1)
         self.conv2 = nn.Conv2d(5, 6, 3, padding=1)
         self.conv3 = nn.Conv2d(6, 6, 1)
-        self.conv4 = nn.Conv2d(6, 4, 1)
+        self.conv4 = nn.Conv2d(6, 5, 1)
+        self.conv5 = nn.Conv2d(5, 4, 1)
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x):
@@ -57,10 +58,10 @@ class Functional(nn.Module):
         x = self.block(x)
         x = torch.relu(self.conv1(x))                 # site 2
         x = self.conv2(x).relu()                      # site 3
-        x = F.relu(x, inplace=True)                   # site 4 (in-place, value used)
-        y = self.conv3(x)
+        x = F.relu(self.conv3(x), inplace=True)       # site 4 (in-place, value used)
+        y = self.conv4(x)
         y.relu_()                                     # site 5 (in-place, bare statement)
-        z = self.conv4(y)
+        z = self.conv5(y)
         torch.relu_(z)                                # site 6 (in-place, bare statement)
         return self.fc(z.mean(dim=(2, 3)))
 
@@ -158,3 +159,25 @@ class GeluNet(nn.Module):
     def forward(self, x):
         x = self.act2(self.conv2(self.act(self.conv(x))))
         return self.fc(F.gelu(x).mean(dim=(2, 3)))
+
+
+class DataDependentBatch(nn.Module):
+    """ReLU calls that depend on the batch size: one more F.relu for batches of 5, one more call of the
+    (twice-called) ReLU module for batches of 7."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = nn.Conv2d(4, 4, 1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        x = F.relu(x - 0.1)
+        if x.shape[0] == 5:
+            x = F.relu(x - 0.2)
+        if x.shape[0] == 7:
+            x = self.act(self.conv3(x))
+        return self.fc(x.mean(dim=(2, 3)))
