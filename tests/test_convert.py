@@ -144,6 +144,8 @@ def test_pruned_model_equals_the_masked_full_model(cls):
     torch.testing.assert_close(sparse(x), expected, atol=1e-5, rtol=1e-5)
     for name, site in support_sites(pruned):
         assert site.channels == int(keep[name].sum())  # each site lost exactly its pruned channels
+    if cls is MobileNetStyle:  # the residual stream also carries the block's linear bottleneck: never pruned
+        assert bool(site_masks(model, seed=3)["stem.2"].any()) and bool((keep["stem.2"] == 1).all())
 
 
 @pytest.mark.parametrize("cls", [ShapeChecked, Functional, Reused, MobileNetStyle], ids=lambda c: c.__name__)
