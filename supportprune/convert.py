@@ -26,7 +26,9 @@ Two ways to find the call sites, one result:
   plain ReLU modules pause the functional routing while they run (their own ``torch.relu`` is theirs).
 
   torch.export (the ONNX exporter, non-strict) runs the Python forward, mode and hooks included, so the
-  routing is captured in the exported graph; tests/test_convert.py checks ONNX parity. torch.export
+  routing is captured in the exported graph; tests/test_convert.py checks ONNX parity. torch.compile
+  (dynamo) of a model with routed functional sites is not supported: dynamo loses a routed call and
+  the end-of-forward check raises. Every fx-traceable model (all torchvision ones) takes the fx path. torch.export
   was considered as the fallback itself and not chosen: it needs symbolic shapes to get past the same
   data-dependent checks, and its graph is not a module Torch-Pruning and our training loop can use.
 

@@ -440,4 +440,11 @@ def export_ready(model: nn.Module) -> nn.Module:
     return ready
 
 
-from supportprune.convert import TraceError, convert_relus  # noqa: E402,F401  (conversion lives in convert.py)
+def __getattr__(name: str):
+    """``convert_relus`` and ``TraceError`` live in convert.py (which imports this module); importing
+    them from here keeps working."""
+    if name in ("convert_relus", "TraceError"):
+        from supportprune import convert
+
+        return getattr(convert, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
