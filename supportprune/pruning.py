@@ -87,11 +87,44 @@ class SiteGroup:
         return alive
 
 
+def _reads_only_sites(node, memo: dict) -> bool:
+    """Whether every value reaching ``node`` passed through a support site last (through pooling,
+    reshapes, concatenations and element-wise ops only): then a channel all those sites drop is zero."""
+    if node in memo:
+        return memo[node]
+    memo[node] = False  # a cycle never proves anything
+    module = node.module
+    if isinstance(module, SupportSite):
+        result = True
+    elif isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)):
+        result = False  # a convolution, batch norm or linear layer adds its own (bias) values
+    else:
+        result = all(_reads_only_sites(source, memo) for source in node.inputs)
+    memo[node] = result
+    return result
+
+
+def _consumers_read_sites(graph: tp.DependencyGraph, group) -> bool:
+    """A group's channels can be removed exactly only if every layer consuming them reads site outputs.
+    MobileNetV2's residual stream does not: its blocks add a linear bottleneck (batch norm, no
+    activation) to it, so a channel its one site drops is not zero there."""
+    memo: dict = {}
+    for item in group:
+        node = item.dep.target
+        if isinstance(node.module, PRUNABLE_ROOTS) and graph.is_in_channel_pruning_fn(item.dep.handler):
+            if not all(_reads_only_sites(source, memo) for source in node.inputs if source.module is not node.module):
+                return False
+    return True
+
+
 def site_groups(graph: tp.DependencyGraph) -> Iterator[SiteGroup]:
     """The pruning groups that contain at least one support site; groups without one (the classifier's
-    output, say) are never pruned: no support speaks for them."""
+    output, say) are never pruned: no support speaks for them, nor are groups whose consumers read
+    values that bypass every site (``_consumers_read_sites``)."""
     names = {site: name for name, site in support_sites(graph.model)}
     for group in graph.get_all_groups(root_module_types=PRUNABLE_ROOTS):
+        if not _consumers_read_sites(graph, group):
+            continue
         root_item = group[0]
         members = []
         for item in group:

@@ -14,7 +14,6 @@ from typing import Iterator, Literal
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 Granularity = Literal["element", "channel"]
@@ -142,12 +141,15 @@ class SupportSite(nn.Module):
     computes what the physically pruned model computes.
     """
 
-    def __init__(self, channels: int, inplace: bool = False) -> None:
+    def __init__(self, channels: int, inplace: bool = False, upper: float | None = None) -> None:
         super().__init__()
         self.channels = channels
         # Replaces an in-place ReLU: eager kernels may write the output into q (no allocation, one
         # pass less over memory on the CPU), as the ReLU did.
         self.inplace = inplace
+        # Replaces ReLU6 (upper = 6): the output is min(η*(q; β), upper), in every mode. The fused paths
+        # assume ReLU's backward (no zero gradient above a clamp), so clamped sites take the reference path.
+        self.upper = upper
         self.register_buffer("beta", torch.zeros(channels))
         self.register_buffer("keep", torch.ones(channels))
         self.register_buffer("relative_threshold", torch.zeros(()))
@@ -164,14 +166,15 @@ class SupportSite(nn.Module):
         self.fixed_support: Tensor | None = None
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, mode={self.mode}, granularity={self.granularity}"
+        clamp = "" if self.upper is None else f", upper={self.upper:g}"
+        return f"channels={self.channels}, mode={self.mode}, granularity={self.granularity}{clamp}"
 
     # The fused forward path (default). ``SupportSite.fused = False`` (on the class or one instance)
     # selects the reference path below, kept for tests and benchmarks.
     fused: bool = True
 
     def forward(self, q: Tensor) -> Tensor:
-        if self.mode == "fixed" or not self.fused:
+        if self.mode == "fixed" or not self.fused or self.upper is not None:
             return self._forward_reference(q)
         if self.mode == "batch" and self.training:
             return self._forward_batch_fused(q)
@@ -185,9 +188,11 @@ class SupportSite(nn.Module):
             if self.fixed_support is None:
                 raise RuntimeError("SupportSite in fixed mode needs fixed_support; see fix_supports()")
             fixed = self.fixed_support.to(q.dtype)
-            # Channel supports, (N, C), apply to every position of their channel.
-            return q * fixed.view(fixed.shape + (1,) * (q.dim() - fixed.dim())) * keep
-        activation = positive_hard_threshold(q, self.beta) * keep
+            # Channel supports, (N, C), apply to every position of their channel. A clamped site stays
+            # clamped: it reproduces η* at the input its supports came from, and is linear (Eq. 13)
+            # wherever no kept unit exceeds ``upper``.
+            return self._clamped(q * fixed.view(fixed.shape + (1,) * (q.dim() - fixed.dim()))) * keep
+        activation = self._clamped(positive_hard_threshold(q, self.beta)) * keep
         if self.mode != "batch" or not self.training:
             return activation
         with torch.no_grad():
@@ -195,6 +200,9 @@ class SupportSite(nn.Module):
             if self.granularity == "channel":
                 mask = mask.view((-1,) + (1,) * (q.dim() - 2))
         return activation * mask.to(q.dtype)
+
+    def _clamped(self, activation: Tensor) -> Tensor:
+        return activation if self.upper is None else activation.clamp(max=self.upper)
 
     # --- fused path -------------------------------------------------------------------------------
     # β ≥ 0 is assumed everywhere below (positive hard-thresholding, Eq. 9; β = 0 is ReLU): then
@@ -324,122 +332,6 @@ class SupportSite(nn.Module):
             getattr(self, name).zero_()
 
 
-# ---------------------------------------------------------------------------------------------------
-# Conversion: every ReLU call site of a model becomes its own SupportSite.
-
-_RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
-_RELU_METHODS = {"relu", "relu_"}
-
-
-def _is_relu_call(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules.get(node.target), nn.ReLU)
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _RELU_METHODS
-    return False
-
-
-def _is_inplace_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether the ReLU call wrote into its input (``ReLU(inplace=True)``, ``relu_``, ``inplace=True``)."""
-    if node.op == "call_module":
-        return bool(getattr(modules.get(node.target), "inplace", False))
-    if node.op == "call_function":
-        return node.target in (F.relu_, torch.relu_) or bool(node.kwargs.get("inplace", False)) or (
-            node.target is F.relu and len(node.args) > 1 and bool(node.args[1]))
-    return node.op == "call_method" and node.target == "relu_"
-
-
-def _site_name(node: fx.Node, taken: set[str]) -> str:
-    """A readable, unique module path for a call site: the ReLU module's path, or the path of the
-    module whose forward called F.relu (GoogLeNet's BasicConv2d), suffixed when called repeatedly."""
-    if node.op == "call_module":
-        base = str(node.target)
-    else:
-        stack = list(node.meta.get("nn_module_stack", {}).keys())
-        owner = stack[-1].split("@")[0] if stack else ""
-        base = f"{owner}.relu" if owner else "relu"
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    taken.add(name)
-    return name
-
-
-def convert_relus(model: nn.Module, example_input: Tensor) -> fx.GraphModule:
-    """Trace ``model`` with torch.fx and give every ReLU call site its own ``SupportSite``.
-
-    A module called twice (torchvision's BasicBlock calls ``self.relu`` twice) becomes two sites, and
-    functional calls (``F.relu`` inside GoogLeNet's BasicConv2d) become sites too. Channel counts are
-    read from one forward pass of ``example_input``. The returned module computes exactly what
-    ``model`` computes (β = 0 is ReLU); state-dict keys of all other layers are unchanged.
-    """
-    try:
-        graph_module = fx.symbolic_trace(model)
-    except Exception as error:  # fx raises many types; the cause is what the user needs
-        raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx: {str(error).splitlines()[0]}") from error
-    modules = dict(graph_module.named_modules())
-    relu_nodes = [node for node in graph_module.graph.nodes if _is_relu_call(node, modules)]
-    if not relu_nodes:
-        raise TraceError(f"{type(model).__name__} has no ReLU call site to turn into a support")
-
-    channels = _channels_at(graph_module, relu_nodes, example_input)
-    reused_targets = {node.target for node in relu_nodes if node.op == "call_module"}
-    taken = {name for name in modules if name not in reused_targets}
-    for node in relu_nodes:
-        name = _site_name(node, taken)
-        _set_submodule(graph_module, name, SupportSite(channels[node], inplace=_is_inplace_relu(node, modules)))
-        with graph_module.graph.inserting_after(node):
-            site_call = graph_module.graph.call_module(name, args=(node.args[0],))
-        node.replace_all_uses_with(site_call)
-        graph_module.graph.erase_node(node)
-    for target in reused_targets:
-        if target not in {n.target for n in graph_module.graph.nodes if n.op == "call_module"}:
-            _delete_submodule(graph_module, str(target))
-    graph_module.graph.lint()
-    graph_module.recompile()
-    return graph_module
-
-
-class TraceError(ValueError):
-    """The model cannot be converted (not traceable, or no ReLU)."""
-
-
-def _channels_at(graph_module: fx.GraphModule, nodes: list[fx.Node], example_input: Tensor) -> dict[fx.Node, int]:
-    """Run the traced graph once and read the channel count (dim 1) of each ReLU's input."""
-    wanted = set(nodes)
-    channels: dict[fx.Node, int] = {}
-
-    class _Recorder(fx.Interpreter):
-        def run_node(self, node: fx.Node):
-            result = super().run_node(node)
-            if node in wanted:
-                if not isinstance(result, Tensor) or result.dim() < 2:
-                    raise TraceError(f"ReLU call site {node.name} has no channel dimension")
-                channels[node] = int(result.shape[1])
-            return result
-
-    was_training = graph_module.training
-    graph_module.eval()
-    with torch.no_grad():
-        _Recorder(graph_module).run(example_input)
-    graph_module.train(was_training)
-    return channels
-
-
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, leaf, module)
-
-
-def _delete_submodule(root: nn.Module, path: str) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    delattr(parent, leaf)
-
-
 def support_sites(model: nn.Module) -> Iterator[tuple[str, SupportSite]]:
     """Every support site of a converted model, in module order, with its path."""
     for name, module in model.named_modules():
@@ -528,16 +420,31 @@ def kept_channel_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def export_ready(model: nn.Module) -> nn.Module:
-    """A copy for export where sites that are exactly ReLU (β = 0, nothing pruned) become ``nn.ReLU``,
-    so runtimes can fuse them into the preceding convolution."""
+    """A copy for export where sites that are exactly ReLU (β = 0, nothing pruned) become ``nn.ReLU``
+    (``nn.ReLU6`` for clamped sites), so runtimes can fuse them into the preceding convolution."""
     import copy
+
+    from supportprune.convert import call_routing, set_submodule
 
     ready = copy.deepcopy(model).eval()
     for name, site in list(support_sites(ready)):
         if site.mode == "fixed":
             raise ValueError("export_ready expects sites in threshold or batch mode, not fixed")
         if bool((site.beta == 0).all()) and bool((site.keep == 1).all()):
-            _set_submodule(ready, name, nn.ReLU())
+            set_submodule(ready, name, nn.ReLU() if site.upper is None else nn.ReLU6())
     if isinstance(ready, fx.GraphModule):
         ready.recompile()
+    routing = call_routing(ready)
+    if routing is not None:  # a converted model without fx: the new ReLU modules pause its routing too
+        routing.pause_activations()
     return ready
+
+
+def __getattr__(name: str):
+    """``convert_relus`` and ``TraceError`` live in convert.py (which imports this module); importing
+    them from here keeps working."""
+    if name in ("convert_relus", "TraceError"):
+        from supportprune import convert
+
+        return getattr(convert, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
