@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from supportprune import dsd
-from supportprune.support import convert_relus
+from supportprune.convert import convert_relus
 from supportprune.errors import SupportpruneError
 from supportprune.export import ExportCheck, export_onnx
 from supportprune.pruning import count_macs_params
