@@ -135,7 +135,7 @@ def compress(
     allocation: Optional[str] = typer.Option(None, "--allocation", help="how the cut is spread: global (one support threshold to --target-macs) or latency (by layer latencies measured on the benchmark device, to --target-latency)"),
     target_latency: Optional[float] = typer.Option(None, "--target-latency", help="allocation latency: fraction of the dense model's predicted time to keep (default: --target-macs)"),
     latency_table: Optional[str] = typer.Option(None, "--latency-table", help="allocation latency: a latency-table.json (of an earlier run, or timed on the deployment machine) instead of timing here"),
-    restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
+    restart: bool = typer.Option(False, "--restart", help="start afresh: an earlier run in --out is moved aside to OUT.1 (OUT.2, ...), not resumed"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
     """Dense → Sparse (B-alternation; channels with zero support pruned) → re-Dense; export and benchmark baseline, sparse and dense ONNX models."""
@@ -176,7 +176,7 @@ def train_command(
     mask_storage: Optional[str] = typer.Option(None, "--mask-storage", help="instance supports: auto, memory or disk"),
     mask_memory_mb: Optional[int] = typer.Option(None, "--mask-memory-mb", help="memory budget for the instance supports"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="mini-batch size"),
-    restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
+    restart: bool = typer.Option(False, "--restart", help="start afresh: an earlier run in --out is moved aside to OUT.1 (OUT.2, ...), not resumed"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
     """Train a model by alternating weights and supports (paper section 4.1), or with plain SGD: the same loop, seed and data order for all three."""

@@ -40,6 +40,7 @@ from supportprune.mask_store import InstanceMaskStore, choose_storage
 from supportprune.models import ModelSpec, build_model
 from supportprune.pruning import count_macs_params
 from supportprune.recipe import PhaseConfig, Recipe, same_recipe
+from supportprune.run_aside import move_aside
 from supportprune.distributed import cluster_device, init_cluster, shutdown_cluster
 from supportprune.support import (
     convert_relus,
@@ -155,7 +156,7 @@ class RunLayout:
         return self.root / (f"{kind}.fp16.onnx" if fp16 else f"{kind}.onnx")
 
 
-def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, restart: bool) -> bool:
+def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str) -> bool:
     """Create or reopen the run directory; True when an earlier run of the same recipe is resumed."""
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
@@ -165,8 +166,6 @@ def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, restart:
     except OSError as error:
         raise SupportpruneError(f"cannot write to output directory {layout.root}: {error.strerror}; choose another --out") from None
     if layout.checkpoint.exists() or layout.checkpoint.with_suffix(".pt.previous").exists():
-        if restart:
-            return False
         previous_info = json.loads(layout.run_info.read_text()) if layout.run_info.exists() else {}
         if not same_recipe(layout.recipe, recipe) or previous_info.get("model") != model_name:
             raise SupportpruneError(
@@ -278,7 +277,12 @@ class _Run:
         outcome = None
         if cluster.is_main:
             try:
-                resuming = prepare_run_dir(self.layout, recipe, self.model_name, self.restart)
+                # --restart: the earlier run is renamed whole, so nothing of it (checkpoints, latency table,
+                # models) can be resumed or reused, and nothing is lost.
+                moved = move_aside(self.layout.root) if self.restart else None
+                if moved is not None:
+                    self.reporter.message(f"--restart: the earlier run in {self.layout.root} moved to {moved}")
+                resuming = prepare_run_dir(self.layout, recipe, self.model_name)
                 atomic_write_text(self.layout.recipe, recipe.to_yaml())
                 atomic_write_text(self.layout.run_info, json.dumps(_run_info(self.model_name), indent=2))
                 outcome = ("ok", resuming)
