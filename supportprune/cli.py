@@ -203,7 +203,7 @@ def experiment(
     data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagenet:DIR | folder:DIR"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds; tables give mean ± std over them"),
     targets: str = typer.Option("0.7,0.5,0.3", "--targets", help="MACs fractions for accuracy against MACs"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for report.md, results.json and plots (default results/experiment-DATA, e.g. results/experiment-embedded)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for report.md, results.json and plots (default results/experiment-MODEL-DATA, e.g. results/experiment-resnet18-embedded)"),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where the individual runs (with their checkpoints) go; default runs/NAME-OF-OUT"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs of the train runs (the Dense step)"),
@@ -214,7 +214,7 @@ def experiment(
 
     _, resolved = _recipe_with_options(recipe or "embedded", model, data,
                                        {"data.source": data, "train.epochs": epochs})
-    out = out or Path("results") / f"experiment-{resolved.data.source.split(':')[0]}"
+    out = out or Path("results") / f"experiment-{_run_name(model)}-{resolved.data.source.split(':')[0]}"
     plan = ExperimentPlan(model, resolved, out, tuple(_ints(seeds, "--seeds")), tuple(_floats(targets, "--targets")),
                           device=device, max_steps=max_steps, runs_dir=runs_dir or Path("runs") / out.name,
                           command=command_line())
