@@ -42,6 +42,7 @@ from supportprune.pruning import count_macs_params
 from supportprune.recipe import PhaseConfig, Recipe, same_recipe
 from supportprune.run_aside import move_aside
 from supportprune.distributed import cluster_device, init_cluster, shutdown_cluster
+from supportprune.sync_batch_norm import use_global_batch_statistics
 from supportprune.support import (
     convert_relus,
     export_ready,
@@ -312,6 +313,8 @@ class _Run:
         self.model = convert_relus(build_model(self.spec, recipe.weights), self.spec.example_input()).to(self.device)
         if recipe.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if recipe.sync_batch_norm and cluster.distributed:
+            use_global_batch_statistics(self.model)
         set_site_mode(self.model, "threshold", global_supports=cluster.distributed)
         self.example = self.spec.example_input().to(self.device)
         self.baseline_macs, self.baseline_params = count_macs_params(self.model, self.example)
@@ -351,9 +354,7 @@ class _Run:
             self.reporter.message(f"warning: {problem}; resuming from {used.name}")
         self.model.load_state_dict(saved["model"])
         self.state = RunState(**saved["run"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        _restore_rng(saved["rng"], self.cluster, self.reporter)
         if self.state.phase_index < len(self.phases):
             where = f"{self.phases[self.state.phase_index]} epoch {self.state.epoch + 1}"
             if self.state.step:
@@ -733,19 +734,42 @@ class _Run:
             _save_model_state(self.layout.model_state(kind), self.model)
 
     def _save(self, optimizer, scheduler) -> None:
+        rng_states = self.cluster.all_gather(_rng_state())  # every rank's: each resumes its own
         if self.cluster.is_main:
-            _save(self.layout, self.model, optimizer, scheduler, self.state)
+            _save(self.layout, self.model, optimizer, scheduler, self.state, rng_states)
         self.cluster.barrier()
 
 
-def _save(layout: RunLayout, model: nn.Module, optimizer, scheduler, state: RunState) -> None:
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _restore_rng(rng: dict[str, Any], cluster, reporter: Reporter) -> None:
+    """Each rank continues from its own random-number state. A checkpoint written by another number of
+    processes (or before per-rank states were kept) cannot give every rank its own: then every rank takes
+    rank 0's, and the run says so (its shards differ anyway, so it cannot continue as the interrupted run
+    would have)."""
+    ranks = rng.get("ranks") or [{"torch": rng["torch"], "cuda": rng.get("cuda")}]
+    if len(ranks) == cluster.world_size:
+        own = ranks[cluster.rank]
+    else:
+        own = ranks[0]
+        reporter.message(f"warning: the checkpoint was written by {len(ranks)} process(es), this run has "
+                         f"{cluster.world_size}: every process continues from rank 0's random-number state")
+    torch.set_rng_state(own["torch"])
+    if own.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(own["cuda"])
+
+
+def _save(layout: RunLayout, model: nn.Module, optimizer, scheduler, state: RunState,
+          rng_states: list[dict[str, Any]]) -> None:
     save_checkpoint(layout.checkpoint, {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "run": asdict(state),
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": {**rng_states[0], "ranks": rng_states},  # torch/cuda: rank 0's, as earlier checkpoints hold
     })
     lines = "".join(json.dumps(record) + "\n" for record in state.metrics)
     atomic_write_text(layout.metrics, lines)
