@@ -201,7 +201,7 @@ def compress(
     target_latency: Optional[float] = typer.Option(None, "--target-latency", help="allocation latency: fraction of the dense model's predicted time to keep (default: --target-macs)"),
     latency_table: Optional[str] = typer.Option(None, "--latency-table", help="allocation latency: a latency-table.json (of an earlier run, or timed on the deployment machine) instead of timing here"),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
-    restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
+    restart: bool = typer.Option(False, "--restart", help="start afresh: an earlier run in --out is moved aside to OUT.1 (OUT.2, ...), not resumed"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
     """Dense → Sparse (B-alternation; channels with zero support pruned) → re-Dense; export and benchmark baseline, sparse and dense ONNX models."""
@@ -244,7 +244,7 @@ def train_command(
     mask_memory_mb: Optional[int] = typer.Option(None, "--mask-memory-mb", help="memory budget for the instance supports"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="mini-batch size"),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
-    restart: bool = typer.Option(False, "--restart", help="discard an earlier run in --out instead of resuming it"),
+    restart: bool = typer.Option(False, "--restart", help="start afresh: an earlier run in --out is moved aside to OUT.1 (OUT.2, ...), not resumed"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
     """Train a model by alternating weights and supports (paper section 4.1), or with plain SGD: the same loop, seed and data order for all three."""
@@ -272,7 +272,7 @@ def experiment(
     data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagenet:DIR | folder:DIR"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds; tables give mean ± std over them"),
     targets: str = typer.Option("0.7,0.5,0.3", "--targets", help="MACs fractions for accuracy against MACs"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for report.md, results.json and plots (default results/experiment-DATA, e.g. results/experiment-embedded)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for report.md, results.json and plots (default results/experiment-MODEL-DATA, e.g. results/experiment-resnet18-embedded)"),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where the individual runs (with their checkpoints) go; default runs/NAME-OF-OUT"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs of the train runs (the Dense step)"),
@@ -284,7 +284,7 @@ def experiment(
 
     _, resolved = _recipe_with_options(recipe or "embedded", model, data,
                                        {"data.source": data, "train.epochs": epochs}, model_arg)
-    out = out or Path("results") / f"experiment-{resolved.data.source.split(':')[0]}"
+    out = out or Path("results") / f"experiment-{_run_name(model)}-{resolved.data.source.split(':')[0]}"
     plan = ExperimentPlan(model, resolved, out, tuple(_ints(seeds, "--seeds")), tuple(_floats(targets, "--targets")),
                           device=device, max_steps=max_steps, runs_dir=runs_dir or Path("runs") / out.name,
                           command=command_line())

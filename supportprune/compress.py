@@ -40,7 +40,9 @@ from supportprune.mask_store import InstanceMaskStore, choose_storage
 from supportprune.models import ModelSpec, build_model, check_forward
 from supportprune.pruning import count_macs_params
 from supportprune.recipe import PhaseConfig, Recipe, same_recipe, with_resolved_preprocessing
+from supportprune.run_aside import move_aside
 from supportprune.distributed import cluster_device, init_cluster, shutdown_cluster
+from supportprune.sync_batch_norm import use_global_batch_statistics
 from supportprune.support import (
     convert_relus,
     export_ready,
@@ -155,7 +157,7 @@ class RunLayout:
         return self.root / (f"{kind}.fp16.onnx" if fp16 else f"{kind}.onnx")
 
 
-def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, restart: bool) -> bool:
+def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str) -> bool:
     """Create or reopen the run directory; True when an earlier run of the same recipe is resumed."""
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
@@ -165,8 +167,6 @@ def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, restart:
     except OSError as error:
         raise SupportpruneError(f"cannot write to output directory {layout.root}: {error.strerror}; choose another --out") from None
     if layout.checkpoint.exists() or layout.checkpoint.with_suffix(".pt.previous").exists():
-        if restart:
-            return False
         previous_info = json.loads(layout.run_info.read_text()) if layout.run_info.exists() else {}
         if not same_recipe(layout.recipe, recipe) or previous_info.get("model") != model_name:
             raise SupportpruneError(
@@ -280,7 +280,12 @@ class _Run:
         outcome = None
         if cluster.is_main:
             try:
-                resuming = prepare_run_dir(self.layout, recipe, self.model_name, self.restart)
+                # --restart: the earlier run is renamed whole, so nothing of it (checkpoints, latency table,
+                # models) can be resumed or reused, and nothing is lost.
+                moved = move_aside(self.layout.root) if self.restart else None
+                if moved is not None:
+                    self.reporter.message(f"--restart: the earlier run in {self.layout.root} moved to {moved}")
+                resuming = prepare_run_dir(self.layout, recipe, self.model_name)
                 atomic_write_text(self.layout.recipe, recipe.to_yaml())
                 atomic_write_text(self.layout.run_info, json.dumps(_run_info(self.model_name), indent=2))
                 outcome = ("ok", resuming)
@@ -313,6 +318,8 @@ class _Run:
         self.model = convert_relus(plain_model, self.spec.example_input()).to(self.device)
         if recipe.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if recipe.sync_batch_norm and cluster.distributed:
+            use_global_batch_statistics(self.model)
         set_site_mode(self.model, "threshold", global_supports=cluster.distributed)
         self.example = self.spec.example_input().to(self.device)
         self.baseline_macs, self.baseline_params = count_macs_params(self.model, self.example)
@@ -353,9 +360,7 @@ class _Run:
         self.model.load_state_dict(saved["model"])
         self.criterion_state = saved.get("criterion") or {}
         self.state = RunState(**saved["run"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        _restore_rng(saved["rng"], self.cluster, self.reporter)
         if self.state.phase_index < len(self.phases):
             where = f"{self.phases[self.state.phase_index]} epoch {self.state.epoch + 1}"
             if self.state.step:
@@ -745,21 +750,44 @@ class _Run:
             _save_model_state(self.layout.model_state(kind), self.model)
 
     def _save(self, optimizer, scheduler) -> None:
+        rng_states = self.cluster.all_gather(_rng_state())  # every rank's: each resumes its own
         if self.cluster.is_main:
-            _save(self.layout, self.model, optimizer, scheduler, self.state,
+            _save(self.layout, self.model, optimizer, scheduler, self.state, rng_states,
                   self.criterion.state_dict() if self.criterion is not None else self.criterion_state)
         self.cluster.barrier()
 
 
-def _save(layout: RunLayout, model: nn.Module, optimizer, scheduler, state: RunState, criterion_state=None) -> None:
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _restore_rng(rng: dict[str, Any], cluster, reporter: Reporter) -> None:
+    """Each rank continues from its own random-number state. A checkpoint written by another number of
+    processes (or before per-rank states were kept) cannot give every rank its own: then every rank takes
+    rank 0's, and the run says so (its shards differ anyway, so it cannot continue as the interrupted run
+    would have)."""
+    ranks = rng.get("ranks") or [{"torch": rng["torch"], "cuda": rng.get("cuda")}]
+    if len(ranks) == cluster.world_size:
+        own = ranks[cluster.rank]
+    else:
+        own = ranks[0]
+        reporter.message(f"warning: the checkpoint was written by {len(ranks)} process(es), this run has "
+                         f"{cluster.world_size}: every process continues from rank 0's random-number state")
+    torch.set_rng_state(own["torch"])
+    if own.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(own["cuda"])
+
+
+def _save(layout: RunLayout, model: nn.Module, optimizer, scheduler, state: RunState,
+          rng_states: list[dict[str, Any]], criterion_state=None) -> None:
     save_checkpoint(layout.checkpoint, {
         "model": model.state_dict(),
         "criterion": criterion_state or {},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "run": asdict(state),
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": {**rng_states[0], "ranks": rng_states},  # torch/cuda: rank 0's, as earlier checkpoints hold
     })
     lines = "".join(json.dumps(record) + "\n" for record in state.metrics)
     atomic_write_text(layout.metrics, lines)

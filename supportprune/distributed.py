@@ -49,12 +49,17 @@ class Cluster:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
-    def same_everywhere(self, value: Any) -> bool:
-        """Whether every rank holds an equal ``value`` (a checksum, say)."""
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
         if not self.distributed:
-            return True
+            return [value]
         values: list[Any] = [None] * self.world_size
         dist.all_gather_object(values, value)
+        return values
+
+    def same_everywhere(self, value: Any) -> bool:
+        """Whether every rank holds an equal ``value`` (a checksum, say)."""
+        values = self.all_gather(value)
         return all(v == values[0] for v in values)
 
     def broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:

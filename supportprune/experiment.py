@@ -11,11 +11,13 @@ Per seed, every run starts from the same place so that runs differ in one thing 
    against channel L1, L2 and random pruning at the MACs the support kept (accuracy against MACs).
 
 Every run is an ordinary run directory under ``OUT/runs`` (resumable: the command picks up where it
-stopped; a finished run is read, not repeated). The report is written from those directories.
+stopped; a finished run is read, not repeated, when its model, recipe, step cap and starting weights are
+this plan's; a run made with other ones is moved aside and made again). The report is written from those directories.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -29,11 +31,12 @@ from typing import Any, Callable, Optional, Sequence
 
 from supportprune.atomic import atomic_write_bytes, atomic_write_text
 from supportprune.errors import SupportpruneError
-from supportprune.recipe import Recipe, same_recipe, with_overrides
+from supportprune.recipe import Recipe, with_overrides
 
 ALTERNATIONS = ("none", "instance", "batch")
 TABLE8_RUNS = (("magnitude", "DSD (magnitude)"), ("support-instance", "DSD (I-alternation)"), ("support-batch", "DSD (B-alternation)"))
 CHANNEL_BASELINES = ("l1", "l2", "random")
+RUN_KEY_FILE = "experiment-key.json"  # in each run directory: what the run was made with (see ``run_key``)
 
 
 @dataclass
@@ -110,7 +113,7 @@ def _train_run(plan, recipe, alternation, seed, message, reporter) -> dict[str, 
     name = f"train-{alternation}-seed{seed}"
     layout = RunLayout(_run_dir(plan, name))
     resolved = with_overrides(recipe, {"train.alternation": alternation}, "experiment")
-    if not _finished(layout, resolved):
+    if not reuse_or_set_aside(layout.root, run_key(plan.model, resolved, plan.max_steps), message):
         message(f"experiment: {name}")
         train(plan.model, resolved, layout.root, device=plan.device, reporter=reporter, max_steps_per_epoch=plan.max_steps)
     return _read_result(layout, name, plan)
@@ -121,7 +124,7 @@ def _compress_run(plan, recipe, name, message, reporter, overrides) -> dict[str,
 
     layout = RunLayout(_run_dir(plan, name))
     resolved = with_overrides(recipe, overrides, "experiment")
-    if not _finished(layout, resolved):
+    if not reuse_or_set_aside(layout.root, run_key(plan.model, resolved, plan.max_steps), message):
         message(f"experiment: {name}")
         compress(plan.model, resolved, layout.root, device=plan.device, reporter=reporter,
                  max_steps_per_epoch=plan.max_steps, deliver=False)
@@ -130,9 +133,37 @@ def _compress_run(plan, recipe, name, message, reporter, overrides) -> dict[str,
     return result
 
 
-def _finished(layout, recipe: Recipe) -> bool:
-    """A run whose result is written for this same recipe is read, not repeated."""
-    return layout.result.exists() and same_recipe(layout.recipe, recipe)
+def run_key(model: str, recipe: Recipe, max_steps: Optional[int]) -> dict[str, Any]:
+    """Everything that changes a run's result: the model, the resolved recipe (data source, weights, seed and
+    every phase's settings), the step cap, and the content of a weights file (the DSD runs start from the
+    plain-SGD run's trained.pt, which changes when that run is made again)."""
+    key: dict[str, Any] = {"model": model, "max_steps_per_epoch": max_steps, "recipe": recipe.to_dict()}
+    if recipe.weights is not None and Path(recipe.weights).expanduser().is_file():
+        key["weights_sha256"] = hashlib.sha256(Path(recipe.weights).expanduser().read_bytes()).hexdigest()
+    return json.loads(json.dumps(key))  # as it reads back from the file (tuples become lists)
+
+
+def reuse_or_set_aside(root: Path, key: dict[str, Any], message: Callable[[str], None]) -> bool:
+    """True when the run in ``root`` finished under exactly ``key``: its result is read, not repeated.
+
+    Otherwise the run is to be made (or resumed, when ``root`` holds an unfinished run under the same key). A
+    run made under another key (another model, recipe, step cap or starting model) is moved aside whole, to
+    ``root.1`` (``root.2``, ...), and the key is written down before the run starts, so an interrupted run
+    resumes only into the same settings."""
+    from supportprune.compress import RunLayout
+    from supportprune.run_aside import move_aside
+
+    layout = RunLayout(root)
+    key_path = root / RUN_KEY_FILE
+    stored = json.loads(key_path.read_text()) if key_path.is_file() else None
+    if stored == key:
+        return layout.result.exists()
+    moved = move_aside(root)
+    if moved is not None:
+        message(f"experiment: {root} was made with other settings (model, recipe, --max-steps or starting weights); "
+                f"moved to {moved}")
+    atomic_write_text(key_path, json.dumps(key, indent=1))
+    return False
 
 
 def _read_result(layout, name: str, plan: ExperimentPlan) -> dict[str, Any]:

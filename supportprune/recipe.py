@@ -215,6 +215,7 @@ class Recipe:
     precision: str = "fp32"  # training arithmetic: fp32, or bf16 autocast
     channels_last: bool = False  # NHWC activations: faster convolutions on GPUs
     compile: bool = False  # torch.compile the training step
+    sync_batch_norm: bool = False  # under torchrun: batch norm over the global batch, as one process computes it
     data: DataConfig = field(default_factory=DataConfig)
     dense: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=0.1))
     sparse: SparseConfig = field(default_factory=SparseConfig)

@@ -120,3 +120,121 @@ def test_distributed_i_alternation_trains_like_one_process(tmp_path):
     for a, b in zip(single["metrics"], double["metrics"]):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 and abs(a["val_top1"] - b["val_top1"]) < 0.5
     assert abs(single["maskt_val_error"] - double["maskt_val_error"]) < 0.5
+
+
+def _global_bn_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    from supportprune.sync_batch_norm import use_global_batch_statistics
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(7)  # the same layer and global batch on every rank
+        layer = torch.nn.BatchNorm2d(3, momentum=None)  # cumulative average: the count enters the running stats
+        layer.weight.data.uniform_(0.5, 1.5)
+        layer.bias.data.uniform_(-0.5, 0.5)
+        x = torch.randn(8, 3, 4, 5) * 3 + 1
+        use_global_batch_statistics(layer)
+        local = x.chunk(world_size)[rank].clone().requires_grad_(True)
+        output = layer(local)
+        (output * torch.arange(output.numel()).view_as(output).sin()).sum().backward()  # a loss mixing the rows
+        torch.save({"output": output.detach(), "input_grad": local.grad, "weight_grad": layer.weight.grad,
+                    "bias_grad": layer.bias.grad, "running_mean": layer.running_mean,
+                    "running_var": layer.running_var}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_batch_norm_on_two_ranks_equals_batch_norm_on_the_whole_batch(tmp_path):
+    mp.spawn(_global_bn_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.manual_seed(7)
+    layer = torch.nn.BatchNorm2d(3, momentum=None)
+    layer.weight.data.uniform_(0.5, 1.5)
+    layer.bias.data.uniform_(-0.5, 0.5)
+    x = (torch.randn(8, 3, 4, 5) * 3 + 1).requires_grad_(True)
+    output = layer(x)
+    weights = torch.cat([torch.arange(o.numel()).view_as(o).sin() for o in (r["output"] for r in ranks)])
+    (output * weights).sum().backward()
+    # float32 sums over two halves then added, against one sum: equal up to rounding (~1e-7 relative).
+    assert torch.allclose(torch.cat([r["output"] for r in ranks]), output.detach(), atol=1e-5)
+    assert torch.allclose(torch.cat([r["input_grad"] for r in ranks]), x.grad, atol=1e-5)
+    # Each rank holds the gradient of its own rows' loss; DistributedDataParallel sums (then averages) them.
+    for name, expected in (("weight_grad", layer.weight.grad), ("bias_grad", layer.bias.grad)):
+        assert torch.allclose(ranks[0][name] + ranks[1][name], expected, atol=1e-4)
+    for rank in ranks:  # running statistics of the global batch (unbiased variance over its 160 values per channel)
+        assert torch.allclose(rank["running_mean"], layer.running_mean, atol=1e-6)
+        assert torch.allclose(rank["running_var"], layer.running_var, atol=1e-5)
+
+
+BN_RECIPE = {**RECIPE, "train": {"epochs": 1, "lr": 0.05, "alternation": "none"}}
+
+
+def _train_with_batch_norm(tmp_path, out, processes, sync):
+    recipe = tmp_path / f"bn-{sync}.yaml"
+    recipe.write_text(yaml.safe_dump({**BN_RECIPE, "sync_batch_norm": sync}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = (launcher if processes > 1 else [sys.executable]) + [
+        "-m", "supportprune", "train", "tiny_models:tiny_resnet", "--recipe", str(recipe), "--out", str(out),
+        "--max-steps", "4", "--device", "cpu"]
+    result = subprocess.run(command, cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return read_checkpoint(out / "models" / "trained.pt")["model"]
+
+
+def _largest_difference(a, b):
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+def test_sync_batch_norm_trains_a_batch_norm_network_like_one_process(tmp_path):
+    """TinyResNet has five batch-norm layers. With sync_batch_norm, two processes (16 images each) train what
+    one process computes on the 32-image global batch; without it, each normalises over its 16 images."""
+    single = _train_with_batch_norm(tmp_path, tmp_path / "single", 1, True)
+    synced = _train_with_batch_norm(tmp_path, tmp_path / "synced", 2, True)
+    local = _train_with_batch_norm(tmp_path, tmp_path / "local", 2, False)
+    assert synced.keys() == single.keys()  # plain batch-norm state dict: export rebuilds plain layers from it
+    # Weights and running statistics after 4 SGD steps: float32 rounding of differently ordered sums only.
+    assert _largest_difference(synced, single) < 1e-5
+    assert _largest_difference(local, single) > 1e-3  # the test can tell local statistics apart
+
+
+def _rng_worker(rank: int, world_size: int, port: int, out_dir: str, recipe_path: str, attempt: str) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))  # tiny_models
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    import supportprune.compress as compress
+    from supportprune.recipe import load_recipe
+
+    seed_everything, save, resume = compress.seed_everything, compress._Run._save, compress._Run._resume
+    seen = {}
+
+    def seed_per_rank(seed):  # the ranks draw different random numbers, so their states differ
+        seed_everything(seed + rank)
+
+    def recording_save(self, optimizer, scheduler):
+        seen["at_checkpoint"] = torch.get_rng_state()
+        save(self, optimizer, scheduler)
+
+    def recording_resume(self):
+        saved = resume(self)
+        seen["after_resume"] = torch.get_rng_state()
+        return saved
+
+    compress.seed_everything, compress._Run._save, compress._Run._resume = seed_per_rank, recording_save, recording_resume
+    compress.train("tiny_models:tiny_plain", load_recipe(recipe_path), Path(out_dir) / "run", device="cpu",
+                   max_steps_per_epoch=2)
+    torch.save(seen, Path(out_dir) / f"{attempt}-rank{rank}.pt")
+
+
+def test_each_rank_resumes_its_own_random_number_state(tmp_path):
+    recipe = tmp_path / "rng.yaml"
+    recipe.write_text(yaml.safe_dump({**BN_RECIPE, "checkpoint_every_steps": 1}))
+    for attempt in ("first", "again"):  # the second run finds the first's checkpoint and resumes it
+        mp.spawn(_rng_worker, args=(2, _free_port(), str(tmp_path), str(recipe), attempt), nprocs=2, join=True)
+    first = [torch.load(tmp_path / f"first-rank{r}.pt") for r in range(2)]
+    again = [torch.load(tmp_path / f"again-rank{r}.pt") for r in range(2)]
+    assert not torch.equal(first[0]["at_checkpoint"], first[1]["at_checkpoint"])
+    for rank in range(2):
+        assert torch.equal(again[rank]["after_resume"], first[rank]["at_checkpoint"]), rank
+    saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["rng"]
+    assert [torch.equal(s["torch"], f["at_checkpoint"]) for s, f in zip(saved["ranks"], first)] == [True, True]

@@ -1,0 +1,38 @@
+"""Setting an earlier run aside: `--restart` (and `experiment`, for a run made under other settings) starts in an
+empty directory without deleting anything."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Optional
+
+from supportprune.errors import SupportpruneError
+
+_TAKEN = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
+
+
+def move_aside(root: Path) -> Optional[Path]:
+    """Rename the directory ``root`` to the first free ``root.1``, ``root.2``, ...; return where it went, or None
+    when there is nothing to keep (no directory, or an empty one).
+
+    One rename of the whole directory: atomic, so a kill leaves either the old run in ``root`` or in its new
+    name, never half of it. A name that appears between the check and the rename is skipped, not overwritten
+    (rename refuses a non-empty directory or a file; an empty directory holds nothing to lose)."""
+    root = Path(os.path.abspath(root))
+    if not root.is_dir() or not any(root.iterdir()):
+        return None
+    for number in range(1, 1_000_000):
+        target = root.with_name(f"{root.name}.{number}")
+        if os.path.lexists(target):
+            continue
+        try:
+            os.rename(root, target)
+            return target
+        except OSError as error:
+            if error.errno in _TAKEN:
+                continue
+            raise SupportpruneError(f"cannot move the earlier run {root} aside to {target}: {error.strerror}; "
+                                    "move or delete it yourself") from None
+    raise SupportpruneError(f"no free name to move {root} aside to; delete some of {root.name}.N")
