@@ -67,15 +67,33 @@ def test_forward_rejecting_the_input_size_names_the_shape_and_the_option(tmp_pat
 
 
 def test_unexpected_error_is_one_line_and_logged(tmp_path, monkeypatch):
+    import functools
+
     import supportprune.compress as compress_module
 
-    def explode(*args, **kwargs):
-        raise RuntimeError("internal failure")
-
-    monkeypatch.setattr(compress_module, "count_macs_params", explode)
+    # A failure inside supportprune's own call chain (a builtin called wrongly: no frame of the user's code).
+    monkeypatch.setattr(compress_module, "count_macs_params", functools.partial(divmod, 1))
     result = _compress(tmp_path, "--model-arg", "input_size=12")
-    one_line_error(result, "RuntimeError: internal failure", "bug in supportprune")
-    assert "internal failure" in (tmp_path / "out" / "supportprune.log").read_text()
+    one_line_error(result, "unexpected TypeError", "divmod", "bug in supportprune", "supportprune.log")
+    log = (tmp_path / "out" / "supportprune.log").read_text()
+    assert "Traceback" in log and "count_macs_params" in log
+
+
+def test_user_forward_failing_during_training_is_attributed_to_the_user(tmp_path, monkeypatch):
+    import digit_classifier
+
+    calls = {"n": 0}
+    original = digit_classifier.DigitNet.forward
+
+    def forward_failing_later(self, x):  # fine for the first checks, then fails inside training
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise FloatingPointError("user model blew up")
+        return original(self, x)
+
+    monkeypatch.setattr(digit_classifier.DigitNet, "forward", forward_failing_later)
+    result = _compress(tmp_path, "--model-arg", "input_size=12")
+    one_line_error(result, "your code raised FloatingPointError: user model blew up", "test_user_models.py")
 
 
 def test_model_args_saved_with_the_run_rebuild_the_model_for_export(tmp_path):

@@ -43,7 +43,7 @@ MODELS = [
 ]
 
 
-@pytest.mark.parametrize("model, extra", MODELS, ids=[m[0] if isinstance(m, tuple) else m.values[0] for m in MODELS])
+@pytest.mark.parametrize("model, extra", MODELS, ids=lambda value: value if isinstance(value, str) else " ".join(value))
 def test_zoo_model_compresses(tmp_path, model, extra):
     recipe = write_recipe(tmp_path / "zoo.yaml", ZOO_RECIPE)
     out = tmp_path / "out"
