@@ -206,6 +206,8 @@ def pruned_connection_masks(model: nn.Module, example_input: Tensor) -> dict[str
     masks: dict[str, Tensor] = {}
     slices, _ = pruned_slices(model, example_input)
     for module, idxs, out_channels in slices:
+        if module not in names:  # torch-pruning's stand-ins for functional ops (adds, concatenations) hold nothing
+            continue
         probe = copy.deepcopy(module)  # all ones, then zeroed as re-dense would: the zeros mark the elements
         tensors = dict(probe.named_parameters(recurse=False)) | dict(probe.named_buffers(recurse=False))
         with torch.no_grad():

@@ -99,3 +99,27 @@ def test_remembered_weights_keep_the_value_from_when_a_channel_was_pruned():
 def test_revive_key_is_validated():
     with pytest.raises(RecipeError, match="redense.revive: must be one of zero, restore, reinit"):
         recipe_from_dict({"redense": {"revive": "regrow"}})
+
+
+def test_compress_runs_with_the_new_options(tmp_path):
+    """The wiring: a DSD run with a cubic schedule over two points, estimated β, distillation in both steps
+    and restored channels; the points meet their scheduled targets and the checkpoint keeps the weights."""
+    import json
+
+    from supportprune.checkpoint import read_checkpoint
+    from supportprune.compress import compress
+
+    recipe = recipe_from_dict({
+        "seed": 3, "data": {"source": "embedded", "input_size": 12, "batch_size": 32},
+        "dense": {"epochs": 1, "lr": 0.05},
+        "sparse": {"epochs": 2, "lr": 0.01, "prune_at": [1, 2], "target_macs": 0.5, "target_schedule": "cubic",
+                   "beta": "estimated", "distill": {"alpha": 0.5, "temperature": 2.0}},
+        "redense": {"epochs": 1, "lr": 0.005, "revive": "restore", "distill": {"alpha": 0.5, "temperature": 2.0}},
+    })
+    compress("tiny_models:tiny_resnet", recipe, tmp_path / "run", max_steps_per_epoch=3, deliver=False)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    baseline = result["baseline_macs"]
+    first, second = result["alternations"]
+    assert first["macs"] <= (0.5 + 0.5 / 8) * baseline and second["macs"] <= 0.5 * baseline
+    saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert saved["revive_store"] is not None and "stem.weight" in saved["revive_store"]
