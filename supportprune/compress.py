@@ -35,6 +35,7 @@ from supportprune.atomic import atomic_write_text
 from supportprune.checkpoint import load_latest, save_checkpoint
 from supportprune.criteria import Criterion, apply_weight_masks, make_criterion, prunable_weights
 from supportprune.data import load_data, make_loaders, reseed_epoch
+from supportprune.distill import DistillationLoss
 from supportprune.errors import SupportpruneError
 from supportprune.mask_store import InstanceMaskStore, choose_storage
 from supportprune.models import ModelSpec, build_model, check_forward
@@ -61,6 +62,7 @@ from supportprune.train import (
     evaluate,
     make_optimizer,
     make_scheduler,
+    cross_entropy_loss,
     seed_everything,
     train_epoch,
 )
@@ -266,6 +268,8 @@ class _Run:
         self.weight_masks = None  # magnitude baseline: weights kept zero after each step of the Sparse phase
         self.criterion, self.criterion_state = None, {}  # the Sparse step's criterion and its saved observations
         self.mask_store = None  # I-alternation: the supports of every training example
+        self.revive_store = None  # redense.revive restore: the weights of channels when they were pruned
+        self.loss_fn = cross_entropy_loss  # the phase's loss (with distill: the Dense model as a teacher)
         self.final_result: dict[str, Any] = {}  # a train run's closing evaluation
         self.reporter = reporter if (reporter is not None and cluster.is_main) else SilentReporter()
         self.layout, self.restart, self.max_steps, self.stop_requests = RunLayout(out_dir), restart, max_steps, stop_requests
@@ -359,6 +363,7 @@ class _Run:
             self.reporter.message(f"warning: {problem}; resuming from {used.name}")
         self.model.load_state_dict(saved["model"])
         self.criterion_state = saved.get("criterion") or {}
+        self.revive_store = saved.get("revive_store")
         self.state = RunState(**saved["run"])
         _restore_rng(saved["rng"], self.cluster, self.reporter)
         if self.state.phase_index < len(self.phases):
@@ -377,11 +382,20 @@ class _Run:
         config: PhaseConfig = getattr(self.recipe, phase)
         fresh = saved is None or saved["optimizer"] is None
         self.state.phase_index = phase_index
+        if phase in ("sparse", "redense") and self.recipe.sparse.beta == "estimated":
+            estimated, sites = dsd.estimate_beta(self.model)  # idempotent: a resumed run re-freezes the moved biases
+            if phase == "sparse" and fresh:
+                self.reporter.message(f"β estimated (the trained biases) at {estimated} of {sites} sites")
         if phase == "sparse":
             dsd.begin_sparse(self.model, self.recipe.sparse, reset=fresh)
         elif phase == "redense" and fresh:
-            self.state.revived_channels = dsd.redense(self.model, self.example)
-            self.reporter.message(f"re-dense: {self.state.revived_channels} pruned channels back, initialised to zero")
+            revive = self.recipe.redense.revive
+            self.state.revived_channels = dsd.redense(self.model, self.example, revive, self.revive_store)
+            how = {"zero": "initialised to zero", "restore": "with the weights they were pruned with",
+                   "reinit": "producing weights re-initialised, consuming weights zero"}[revive]
+            self.reporter.message(f"re-dense: {self.state.revived_channels} pruned channels back, {how}")
+        distill = getattr(config, "distill", None)
+        self.loss_fn = self._distillation_loss(distill) if distill is not None else cross_entropy_loss
         trained = DistributedDataParallel(self.model) if self.cluster.distributed else self.model
         if self.recipe.compile:
             # Measured on an H100 (benchmarks/results/2026-11-23-h100-gpu-speed.md): under torch.compile the plain
@@ -437,6 +451,7 @@ class _Run:
                 trained, self.train_loader, optimizer, scheduler, self.device, progress=progress,
                 max_steps=self.max_steps, stop_after=stop_after,
                 bf16=recipe.precision == "bf16", channels_last=recipe.channels_last, before_batch=before_batch,
+                loss_fn=self.loss_fn,
                 on_step=lambda step, loss, top1: reporter.advance(step, loss=loss, top1=top1),
             )
             self._check_finite()
@@ -662,12 +677,15 @@ class _Run:
                 f"layer's weights zeroed, {result.params:,} nonzero parameters left"
             )
             return
+        if self.recipe.redense.revive == "restore":  # every rank: each re-densifies its own copy
+            self.revive_store = dsd.remember_pruned_weights(self.revive_store, self.model, self.example)
         if self.cluster.is_main:
             table = self._latency_table() if self.recipe.sparse.allocation == "latency" else None
             criterion = self._criterion()
             for images, labels in itertools.islice(self._ordered_train_loader(), criterion.observe_batches):
                 criterion.observe(self.model, images.to(self.device), labels.to(self.device))
-            result = dsd.alternation_point(self.model, self.example, self.recipe.sparse, self.baseline_macs,
+            result = dsd.alternation_point(self.model, self.example, dsd.scheduled_config(self.recipe.sparse, epoch),
+                                           self.baseline_macs,
                                            seed=self.recipe.seed, layer_latency=table, criterion=criterion)
             self.state.alternations.append({"epoch": epoch, **asdict(result)})
             what = ("support" if self.recipe.sparse.criterion == "support" else f"{self.recipe.sparse.criterion} channel")
@@ -688,6 +706,14 @@ class _Run:
             self.criterion = make_criterion(self.recipe.sparse, seed=self.recipe.seed)
             self.criterion.load_state_dict(self.criterion_state)
         return self.criterion
+
+    def _distillation_loss(self, distill) -> DistillationLoss:
+        """The teacher is the model at the end of the Dense step (models/baseline.pt), frozen, in eval mode."""
+        from supportprune.checkpoint import read_checkpoint
+
+        teacher = convert_relus(build_model(self.spec, None), self.spec.example_input())
+        teacher.load_state_dict(read_checkpoint(self.layout.model_state("baseline"))["model"])
+        return DistillationLoss(teacher.to(self.device), distill.alpha, distill.temperature)
 
     def _latency_table(self):
         """The layer latency table for ``allocation: latency``: read back from the run directory when it was
@@ -753,7 +779,8 @@ class _Run:
         rng_states = self.cluster.all_gather(_rng_state())  # every rank's: each resumes its own
         if self.cluster.is_main:
             _save(self.layout, self.model, optimizer, scheduler, self.state, rng_states,
-                  self.criterion.state_dict() if self.criterion is not None else self.criterion_state)
+                  self.criterion.state_dict() if self.criterion is not None else self.criterion_state,
+                  self.revive_store)
         self.cluster.barrier()
 
 
@@ -780,13 +807,14 @@ def _restore_rng(rng: dict[str, Any], cluster, reporter: Reporter) -> None:
 
 
 def _save(layout: RunLayout, model: nn.Module, optimizer, scheduler, state: RunState,
-          rng_states: list[dict[str, Any]], criterion_state=None) -> None:
+          rng_states: list[dict[str, Any]], criterion_state=None, revive_store=None) -> None:
     save_checkpoint(layout.checkpoint, {
         "model": model.state_dict(),
         "criterion": criterion_state or {},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "run": asdict(state),
+        "revive_store": revive_store,
         "rng": {**rng_states[0], "ranks": rng_states},  # torch/cuda: rank 0's, as earlier checkpoints hold
     })
     lines = "".join(json.dumps(record) + "\n" for record in state.metrics)

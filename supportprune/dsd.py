@@ -14,6 +14,7 @@ magnitude threshold replaced by the B-alternation support of Huang et al. 2017, 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -26,11 +27,13 @@ from supportprune.pruning import (
     count_macs_params,
     plan_keep_masks,
     prune_to_keep_masks,
+    pruned_connection_masks,
+    pruned_slices,
     search_relative_threshold,
     zero_pruned_connections,
 )
 from supportprune.recipe import SparseConfig
-from supportprune.support import reset_support_stats, set_site_mode, support_sites
+from supportprune.support import SupportSite, reset_support_stats, set_site_mode, support_sites
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,109 @@ def build_sparse_model(model: nn.Module, example_input: Tensor) -> nn.Module:
     return sparse
 
 
-def redense(model: nn.Module, example_input: Tensor) -> int:
-    """DSD's re-dense step: pruned connections return, initialised to zero. Returns the channel count."""
+def scheduled_target(config: SparseConfig, epoch: int, final: float | None = None) -> float | None:
+    """The share of MACs (or, with ``final``, of that target) to keep at the alternation point after
+    ``epoch``. Point k of K (``config.alternation_epochs``), r = k/K, final target t:
+
+        final:  t at every point (one-shot at the first)
+        linear: 1 − (1 − t)·r
+        cubic:  t + (1 − t)·(1 − r)³   (Zhu & Gupta 2017, AGP: cuts most while the network is most redundant)
+
+    Every schedule reaches t at the last point."""
+    target = config.target_macs if final is None else final
+    if target is None or config.target_schedule == "final":
+        return target
+    points = config.alternation_epochs
+    done = (points.index(epoch) + 1) / len(points)
+    if config.target_schedule == "linear":
+        return 1.0 - (1.0 - target) * done
+    return target + (1.0 - target) * (1.0 - done) ** 3
+
+
+def scheduled_config(config: SparseConfig, epoch: int) -> SparseConfig:
+    """``config`` with the targets of the alternation point after ``epoch`` (``scheduled_target``)."""
+    if config.target_schedule == "final" or config.target_macs is None:
+        return config
+    latency = None if config.target_latency is None else scheduled_target(config, epoch, config.target_latency)
+    return dataclasses.replace(config, target_macs=scheduled_target(config, epoch), target_latency=latency)
+
+
+_BIASED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+def estimate_beta(model: nn.Module) -> tuple[int, int]:
+    """η*'s β as the paper sets it: the learnable threshold/bias of ReLU(Wz − β) (Eq. 7), found by regular
+    SGD before alternation (section 4.1: "The bias β is also initialized this way"), then used in
+    η*{Wz; β} (Eq. 9). Where a site's input comes straight from a layer with a bias b (a batch norm's
+    shift, a convolution's or linear layer's bias) and nothing else reads that layer, b moves into the
+    threshold: β ← β − b, b ← 0, and b is frozen (η*'s output does not depend on β where it is
+    differentiable, so β gets no gradient: it stays what SGD made it). Idempotent (β − 0 = β), so it
+    is run again when a run resumes. Sites fed otherwise (a residual sum) keep β = 0. Sites with a
+    negative β take the reference path: the fused backward assumes β ≥ 0. Returns (sites estimated, sites)."""
+    if not isinstance(model, torch.fx.GraphModule):
+        raise ValueError("estimate_beta needs the converted model (convert_relus)")
+    modules = dict(model.named_modules())
+    estimated = total = 0
+    for node in model.graph.nodes:
+        site = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(site, SupportSite):
+            continue
+        total += 1
+        producer_node = node.args[0]
+        producer = modules.get(producer_node.target) if producer_node.op == "call_module" else None
+        bias = getattr(producer, "bias", None) if isinstance(producer, _BIASED) else None
+        if bias is None or len(producer_node.users) != 1 or bias.shape != site.beta.shape:
+            continue
+        with torch.no_grad():
+            site.beta.sub_(bias.detach().to(site.beta.dtype))
+            bias.zero_()
+        bias.requires_grad_(False)
+        site.fused = not bool((site.beta < 0).any())
+        estimated += 1
+    return estimated, total
+
+
+def remember_pruned_weights(saved: dict[str, Tensor] | None, model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
+    """Before an alternation point: the weights every connection had while its channel was alive
+    (``redense.revive: restore``). Connections pruned at an earlier point keep their earlier values."""
+    pruned = pruned_connection_masks(model, example_input)
+    state = model.state_dict()
+    keys = [key for key, value in state.items() if value.is_floating_point()]
+    if saved is None:
+        return {key: state[key].detach().clone() for key in keys}
+    return {key: torch.where(pruned[key], saved[key].to(state[key].device), state[key]) if key in pruned
+            else state[key].detach().clone() for key in keys}
+
+
+def redense(model: nn.Module, example_input: Tensor, revive: str = "zero", saved: dict[str, Tensor] | None = None) -> int:
+    """DSD's re-dense step: pruned channels return. Returns the channel count. ``revive``:
+
+    - zero: every weight that produces or consumes them is zero (DSD). A saddle: their output is zero,
+      so neither kind of weight gets a gradient, and they stay zero.
+    - restore: their weights as they were when they were pruned (``saved``, from ``remember_pruned_weights``).
+    - reinit: producing weights re-drawn (Kaiming, fan-out, as torchvision initialises), batch-norm scale 1,
+      consuming weights zero: the network computes what the pruned one did, and the consuming weights
+      get a gradient (the revived channels' outputs are no longer zero)."""
     end_sparse(model)
-    return zero_pruned_connections(model, example_input)
+    if revive == "restore":
+        if saved is None:
+            raise ValueError("revive restore needs the weights saved at the alternation points")
+        masks = pruned_connection_masks(model, example_input)
+        channels = zero_pruned_connections(model, example_input)
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                if key in masks and key in saved:
+                    value.copy_(torch.where(masks[key], saved[key].to(value.device), value))
+        return channels
+    slices = pruned_slices(model, example_input)[0] if revive == "reinit" else []
+    channels = zero_pruned_connections(model, example_input)
+    with torch.no_grad():
+        for module, idxs, out_channels in slices:
+            depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and (out_channels or depthwise):
+                fresh = torch.empty_like(module.weight)
+                nn.init.kaiming_normal_(fresh, mode="fan_out", nonlinearity="relu")
+                module.weight[idxs] = fresh[idxs]
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+                module.weight[idxs] = 1.0
+    return channels

@@ -213,16 +213,47 @@ def prune_to_keep_masks(model: nn.Module, example_input: Tensor) -> nn.Module:
     return pruned
 
 
+def pruned_slices(model: nn.Module, example_input: Tensor) -> tuple[list[tuple[nn.Module, list[int], bool]], int]:
+    """Every (module, channel indices, whether they are its output channels) that produces or consumes a
+    channel no site keeps, and how many such channels there are."""
+    graph, dead = _dead_channels(model, example_input)
+    slices = [(item.dep.target.module, list(item.idxs), graph.is_out_channel_pruning_fn(item.dep.handler))
+              for group, idxs in dead for item in graph.get_pruning_group(group.root, group.pruning_fn, idxs)]
+    return slices, sum(len(idxs) for _, idxs in dead)
+
+
 def zero_pruned_connections(model: nn.Module, example_input: Tensor) -> int:
     """Re-dense (DSD): bring pruned channels back, in place, with every weight that produces or consumes
     them set to zero, and reopen their supports (keep = 1). Returns how many channels came back."""
-    graph, dead = _dead_channels(model, example_input)
-    for group, idxs in dead:
-        items = list(graph.get_pruning_group(group.root, group.pruning_fn, idxs))
+    slices, channels = pruned_slices(model, example_input)
+    with torch.no_grad():
+        for module, idxs, out_channels in slices:
+            _zero_slice(module, idxs, out_channels)
+    return channels
+
+
+def pruned_connection_masks(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
+    """Per state-dict entry, which elements ``zero_pruned_connections`` would reset (the weights, norm
+    statistics and thresholds of channels no site keeps); entries it would not touch are left out."""
+    names = {module: name for name, module in model.named_modules()}
+    masks: dict[str, Tensor] = {}
+    slices, _ = pruned_slices(model, example_input)
+    for module, idxs, out_channels in slices:
+        if module not in names:  # torch-pruning's stand-ins for functional ops (adds, concatenations) hold nothing
+            continue
+        probe = copy.deepcopy(module)  # all ones, then zeroed as re-dense would: the zeros mark the elements
+        tensors = dict(probe.named_parameters(recurse=False)) | dict(probe.named_buffers(recurse=False))
         with torch.no_grad():
-            for item in items:
-                _zero_slice(item.dep.target.module, list(item.idxs), graph.is_out_channel_pruning_fn(item.dep.handler))
-    return sum(len(idxs) for _, idxs in dead)
+            for tensor in tensors.values():
+                if tensor.is_floating_point():
+                    tensor.fill_(1.0)
+            _zero_slice(probe, idxs, out_channels)
+        prefix = f"{names[module]}." if names[module] else ""
+        for key, tensor in tensors.items():
+            source = tensors["running_mean"] if key == "running_var" and "running_mean" in tensors else tensor
+            if source.is_floating_point() and bool((source == 0).any()):
+                masks[prefix + key] = masks.get(prefix + key, torch.zeros_like(source, dtype=torch.bool)) | (source == 0)
+    return masks
 
 
 def _zero_slice(module: nn.Module, idxs: list[int], out_channels: bool) -> None:

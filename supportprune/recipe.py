@@ -26,6 +26,9 @@ SUPPORT_STATISTICS = ("max_energy", "frequency", "energy_x_consumer")  # criteri
 CRITERIA = ("support", "magnitude") + CHANNEL_CRITERIA
 ALTERNATIONS = ("none", "instance", "batch")
 MASK_STORAGES = ("auto", "memory", "disk")
+TARGET_SCHEDULES = ("final", "linear", "cubic")  # MACs target at each alternation point (sparse.target_schedule)
+BETAS = ("zero", "estimated")  # η*'s threshold β in the Sparse step (sparse.beta)
+REVIVALS = ("zero", "restore", "reinit")  # how re-dense brings pruned channels back (redense.revive)
 
 
 class RecipeError(SupportpruneError):
@@ -85,6 +88,21 @@ class PhaseConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from the Dense step's model (Hinton et al. 2015): the loss is
+    (1 − alpha)·CE(y, z_s) + alpha·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T))."""
+
+    alpha: float = 0.5
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha: a weight in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
 class SparseConfig(PhaseConfig):
     """The Sparse phase: B-alternation training, pruning channels whose support stayed zero."""
 
@@ -109,9 +127,22 @@ class SparseConfig(PhaseConfig):
     # A latency-table.json to use instead of timing the layers here: timed once on the deployment machine,
     # and the same table gives the same allocation on every run (timings vary from one measurement to the next).
     latency_table: Optional[str] = None
+    # MACs target at alternation point k of K: final (target_macs at every point), or from 1 down to
+    # target_macs, linearly or cubically (Zhu & Gupta 2017's gradual pruning; see dsd.scheduled_target).
+    target_schedule: str = "final"
+    beta: str = "zero"  # η*'s β: zero (η* = ReLU), or estimated (the trained bias before each site; dsd.estimate_beta)
+    distill: Optional[DistillConfig] = None  # teacher: the model at the end of the Dense step
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.target_schedule not in TARGET_SCHEDULES:
+            raise ValueError(f"target_schedule: must be one of {', '.join(TARGET_SCHEDULES)}, got {self.target_schedule!r}")
+        if self.target_schedule != "final" and self.target_macs is None:
+            raise ValueError("target_schedule: a gradual schedule interpolates to target_macs; set target_macs")
+        if self.target_schedule != "final" and self.criterion == "magnitude":
+            raise ValueError("target_schedule: criterion magnitude prunes weights, not to a MACs target; use final")
+        if self.beta not in BETAS:
+            raise ValueError(f"beta: must be one of {', '.join(BETAS)}, got {self.beta!r}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation: must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         if self.allocation == "latency" and (self.latency_target is None or self.criterion == "magnitude"):
@@ -156,6 +187,21 @@ class SparseConfig(PhaseConfig):
     @property
     def alternation_epochs(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.prune_at))) if self.prune_at else (self.epochs,)
+
+
+@dataclass(frozen=True)
+class RedenseConfig(PhaseConfig):
+    """DSD's re-dense step: pruned channels come back and the whole network trains again."""
+
+    # zero: every weight of a revived channel is zero (DSD; a saddle: they get no gradient); restore: the
+    # weights the channel had when it was pruned; reinit: producing weights re-drawn (Kaiming), consuming zero.
+    revive: str = "zero"
+    distill: Optional[DistillConfig] = None  # teacher: the model at the end of the Dense step
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.revive not in REVIVALS:
+            raise ValueError(f"revive: must be one of {', '.join(REVIVALS)}, got {self.revive!r}")
 
 
 @dataclass(frozen=True)
@@ -219,7 +265,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     dense: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=0.1))
     sparse: SparseConfig = field(default_factory=SparseConfig)
-    redense: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=0.001))
+    redense: RedenseConfig = field(default_factory=lambda: RedenseConfig(epochs=1, lr=0.001))
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)

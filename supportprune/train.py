@@ -19,6 +19,15 @@ class DivergedError(SupportpruneError):
     """The loss stopped being a finite number."""
 
 
+class LossFunction(Protocol):
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The default training loss; others (``distill.DistillationLoss``) take the same arguments."""
+    return F.cross_entropy(logits, labels)
+
+
 class StepListener(Protocol):
     def __call__(self, step: int, loss: float, top1: float) -> None: ...
 
@@ -105,12 +114,14 @@ def train_epoch(
     bf16: bool = False,
     channels_last: bool = False,
     before_batch: Optional[Callable[[torch.Tensor], None]] = None,
+    loss_fn: LossFunction = cross_entropy_loss,
 ) -> EpochProgress:
     """SGD over ``loader`` (continuing ``progress`` when an epoch resumes). Stops early when
     ``stop_after(progress)`` says so after a step. Raises ``DivergedError`` on a non-finite loss.
     ``bf16``: forward under bfloat16 autocast; ``channels_last``: NHWC inputs (the model is expected
     to be converted by the caller). ``before_batch(indices)`` runs before each forward pass (the
-    I-alternation loop fixes that batch's stored supports there)."""
+    I-alternation loop fixes that batch's stored supports there). ``loss_fn(logits, labels, images)``
+    is the loss minimised (cross-entropy unless given)."""
     progress = progress or EpochProgress()
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -124,7 +135,7 @@ def train_epoch(
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = loss_fn(logits.float(), labels, images)
         if not torch.isfinite(loss):
             raise DivergedError(f"the loss became {loss.item()} at step {progress.step + 1}")
         optimizer.zero_grad(set_to_none=True)

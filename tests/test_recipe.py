@@ -15,7 +15,7 @@ from supportprune.recipe import (
 
 
 def test_shipped_recipes_are_the_expected_ones():
-    assert set(shipped_recipes()) == {"embedded", "resnet18", "vgg16", "googlenet"}
+    assert set(shipped_recipes()) == {"embedded", "resnet18", "vgg16", "googlenet", "starting-points"}
 
 
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))

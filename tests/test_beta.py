@@ -1,0 +1,65 @@
+"""sparse.beta estimated: the trained bias before a site becomes η*'s threshold (Eq. 7 → Eq. 9)."""
+
+import pytest
+import torch
+from torch import nn
+
+from supportprune import dsd
+from supportprune.recipe import RecipeError, recipe_from_dict
+from supportprune.support import convert_relus, support_sites
+from tests.tiny_models import TinyResNet
+
+
+def _conv_bn_relu() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    with torch.no_grad():
+        model[1].bias.copy_(torch.tensor([0.5, -0.3, 0.0, 1.2]))  # positive biases give negative thresholds
+        model[1].weight.copy_(torch.tensor([1.0, 2.0, 0.5, 1.5]))
+    return model.eval()
+
+
+def test_estimated_beta_is_the_negated_bias_and_eta_star_follows_eq_9():
+    x = torch.randn(5, 1, 6, 6)
+    plain = _conv_bn_relu()
+    bias = plain[1].bias.detach().clone()
+    q_with_bias = plain[1](plain[0](x)).detach()  # W z − β of Eq. 7, with β = −bias
+    model = convert_relus(_conv_bn_relu(), x)
+    assert dsd.estimate_beta(model) == (1, 1)
+    (_, site), = support_sites(model)
+    torch.testing.assert_close(site.beta, -bias)
+    assert float(model.get_submodule("1").bias.abs().sum()) == 0 and not model.get_submodule("1").bias.requires_grad
+    q = q_with_bias - bias.view(1, -1, 1, 1)  # W z: the affine part without its bias
+    beta = -bias.view(1, -1, 1, 1)
+    expected = torch.where(q > beta, q, torch.zeros(()))  # η*{q; β} = q if q > β else 0 (Eq. 9)
+    features = model.get_submodule("2")(model.get_submodule("1")(model.get_submodule("0")(x)))
+    torch.testing.assert_close(features, expected)
+    # η* differs from ReLU by β on the support: ReLU(Wz − β) + β·[Wz > β]
+    torch.testing.assert_close(expected, torch.relu(q_with_bias) + beta * (q > beta))
+    assert dsd.estimate_beta(model) == (1, 1)  # idempotent (a resumed run applies it again)
+    torch.testing.assert_close(site.beta, -bias)
+
+
+def test_negative_thresholds_get_the_exact_gradient():
+    x = torch.randn(5, 1, 6, 6)
+    model = convert_relus(_conv_bn_relu(), x)
+    dsd.estimate_beta(model)
+    (_, site), = support_sites(model)
+    assert not site.fused  # β < 0 at channel 1: the fused backward (ReLU's) would be wrong there
+    q = torch.randn(5, 4, 6, 6, requires_grad=True)
+    site(q).sum().backward()
+    torch.testing.assert_close(q.grad, (q > site.beta.view(1, -1, 1, 1)).float())  # d η*/dq = [q > β]
+
+
+def test_sites_fed_by_a_residual_sum_keep_beta_zero():
+    example = torch.zeros(2, 1, 8, 8)
+    model = convert_relus(TinyResNet(), example)
+    estimated, total = dsd.estimate_beta(model)
+    assert (estimated, total) == (3, 5)  # stem and each block's first ReLU; the two post-add ReLUs are not
+    post_add = [site for name, site in support_sites(model) if name.endswith("relu_1")]
+    assert len(post_add) == 2 and all(float(s.beta.abs().sum()) == 0 for s in post_add)
+
+
+def test_beta_key_is_validated():
+    with pytest.raises(RecipeError, match="sparse.beta: must be one of zero, estimated"):
+        recipe_from_dict({"sparse": {"beta": "learned"}})
