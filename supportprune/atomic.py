@@ -24,7 +24,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
     return path
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make a rename in ``directory`` durable: until the directory entry is on disk, a power loss can
+    bring back the old file (or none). Some platforms (Windows) and file systems cannot open or fsync
+    a directory; there the rename is as durable as they make it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

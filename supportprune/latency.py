@@ -85,7 +85,13 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        return cls.from_json(Path(path).read_text(encoding="utf-8"), str(path))
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:  # JSON only: a table is never unpickled
+            reason = (error.strerror or str(error)) if isinstance(error, OSError) else "not UTF-8 text"
+            raise SupportpruneError(f"cannot read latency table {path}: {reason}; give a latency-table.json "
+                                    "written by supportprune, or delete it to measure again") from None
+        return cls.from_json(text, str(path))
 
     def covers(self, shapes: dict[str, LayerShape]) -> bool:
         """Whether this table has every layer of ``shapes``, at the same full widths."""

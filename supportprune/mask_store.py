@@ -10,7 +10,6 @@ is stored; above the budget the store refuses, or maps the file, as the caller a
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from supportprune.atomic import atomic_write
 from supportprune.errors import SupportpruneError
 
 Storage = Literal["auto", "memory", "disk"]
@@ -100,7 +100,9 @@ class InstanceMaskStore:
         """A store saved by ``save``: read into memory, or memory-mapped (``disk``)."""
         try:
             rows = np.load(path, mmap_mode="r" if storage == "disk" else None, allow_pickle=False)
-        except (OSError, ValueError) as error:
+            if not isinstance(rows, np.ndarray):  # an .npz archive: not what save writes
+                raise ValueError(f"a {type(rows).__name__}, not one .npy array")
+        except (OSError, ValueError, EOFError) as error:
             raise SupportpruneError(f"cannot read stored supports {path}: {error}; delete it or run with --restart") from None
         return cls(unit_shapes, rows)
 
@@ -135,10 +137,4 @@ class InstanceMaskStore:
 
     def save(self, path: Path) -> None:
         """Write the rows to ``path`` atomically (a temporary file, then a rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(self.rows), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        atomic_write(path, lambda handle: np.save(handle, np.ascontiguousarray(self.rows), allow_pickle=False))

@@ -215,13 +215,18 @@ def load_weights(model: nn.Module, weights: str, model_name: str) -> None:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from supportprune.checkpoint import is_checkpoint, read_checkpoint
+    from supportprune.checkpoint import CheckpointError, is_checkpoint, load_plain, read_checkpoint
 
     try:
         # supportprune's own model files (models/*.pt) carry a checksum header before the torch payload.
-        loaded = read_checkpoint(path) if is_checkpoint(path) else torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        raise SupportpruneError(f"cannot read weights file {path}: {str(error).splitlines()[0][:200]} (corrupt or not a PyTorch file?)") from None
+        own = is_checkpoint(path)
+    except OSError as error:
+        raise SupportpruneError(f"cannot read weights file {path}: {error.strerror or error}") from None
+    try:
+        advice = "give a state dict saved by torch.save(model.state_dict(), path)"
+        loaded = read_checkpoint(path, advice) if own else load_plain(path, path, advice)
+    except CheckpointError as error:
+        raise SupportpruneError(f"cannot read weights file {path}: {error.detail}") from None
     if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
         loaded = loaded["model"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):

@@ -23,7 +23,8 @@ TINY_RECIPE = {
     "checkpoint_every_steps": 1,
     "data": {"source": "embedded", "input_size": 12, "batch_size": 32},
     "dense": {"epochs": 1, "lr": 0.05},
-    "sparse": {"epochs": 2, "lr": 0.01, "relative_threshold": 0.3, "prune_at": [1, 2]},
+    # A MACs target makes the first alternation point remove channels, so resuming crosses a real pruning.
+    "sparse": {"epochs": 2, "lr": 0.01, "relative_threshold": 0.3, "prune_at": [1, 2], "target_macs": 0.5},
     "redense": {"epochs": 1, "lr": 0.005},
     "export": {"check_batch": 8, "fp16": True},
     "bench": {"batch_sizes": [1, 4], "runs": 2, "warmup": 1},
@@ -74,14 +75,14 @@ def test_compress_outputs_are_consistent(finished_run):
     _, out, _ = finished_run
     exported = json.loads((out / "export.json").read_text())
     models = {m["kind"]: m for m in exported["models"]}
-    assert models["baseline"]["macs"] == models["dense"]["macs"] and models["sparse"]["macs"] <= models["dense"]["macs"]
+    assert models["baseline"]["macs"] == models["dense"]["macs"] and models["sparse"]["macs"] < 0.7 * models["baseline"]["macs"]
     for kind in ("baseline", "sparse", "dense"):
         onnx.checker.check_model(onnx.load(str(out / f"{kind}.onnx")))
         assert exported["exports"][kind]["max_abs_diff"] <= 1e-3
-    # The sparse ONNX model is physically smaller exactly when channels were pruned.
+    # Channels were pruned, and the sparse ONNX model is physically smaller for it.
     sparse_state = read_checkpoint(out / "models" / "sparse.pt")["model"]
     pruned = sum(int((v == 0).sum()) for k, v in sparse_state.items() if k.endswith(".keep"))
-    assert (models["sparse"]["params"] < models["baseline"]["params"]) == (pruned > 0)
+    assert pruned > 0 and models["sparse"]["params"] < models["baseline"]["params"]
     bench = json.loads((out / "benchmark.json").read_text())
     assert {(r["model"], r["precision"], r["batch_size"]) for r in bench["results"]} == {
         (k, p, b) for k in ("baseline", "sparse", "dense") for p in ("fp32", "fp16") for b in (1, 4)
@@ -112,8 +113,17 @@ def _metrics_without_time(run_dir):
             for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _kept_channels(run_dir, kind):
+    """Per site, the channels the model ``kind`` keeps (its ``.keep`` buffers), and the site's width."""
+    state = read_checkpoint(run_dir / "models" / f"{kind}.pt")["model"]
+    return {k: (int(v.sum()), v.numel()) for k, v in state.items() if k.endswith(".keep")}
+
+
 def _assert_same_run(run_dir, reference):
     assert _metrics_without_time(run_dir) == _metrics_without_time(reference)  # same losses, supports, channels
+    kept = _kept_channels(run_dir, "sparse")
+    assert kept == _kept_channels(reference, "sparse")  # the same pruned architecture
+    assert sum(k for k, _ in kept.values()) < sum(n for _, n in kept.values())
     for kind in ("baseline", "sparse", "dense"):
         resumed = read_checkpoint(run_dir / "models" / f"{kind}.pt")["model"]
         uninterrupted = read_checkpoint(reference / "models" / f"{kind}.pt")["model"]
@@ -135,8 +145,10 @@ def _start_in_subprocess(tmp_path, out):
                             text=True)
 
 
-def _wait_for_sparse_checkpoint(process, out, timeout=120.0):
-    """Wait until a checkpoint inside the Sparse phase exists (written atomically, so always readable)."""
+def _wait_for_checkpoint_after_pruning(process, out, timeout=120.0):
+    """Wait until a checkpoint inside an epoch after the first alternation point exists (checkpoint_every_steps
+    is 1): the run has removed channels and is training the pruned model. Checkpoints are written atomically,
+    so any that exists is whole."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -145,25 +157,58 @@ def _wait_for_sparse_checkpoint(process, out, timeout=120.0):
             raise AssertionError("the run finished before it could be interrupted:\n" + process.stdout.read())
         try:
             run = read_checkpoint(out / "checkpoints" / "last.pt")["run"]
-            if run["phase_index"] == 1 and (run["step"] > 0 or run["epoch"] > 0):
+            if run["phase_index"] >= 1 and run["alternations"] and run["step"] > 0:
                 return run
-        except Exception:  # not written yet
+        except Exception:  # not written yet, or moved to last.pt.previous a moment before the new one lands
             pass
         time.sleep(0.01)
-    raise AssertionError("no checkpoint inside the Sparse phase appeared")
+    raise AssertionError("no checkpoint after the first alternation point appeared")
 
 
-def test_sigkill_in_the_sparse_phase_then_resume_equals_the_uninterrupted_run(tmp_path, finished_run):
-    _, reference, _ = finished_run
+@pytest.fixture(scope="module")
+def killed_after_pruning(tmp_path_factory):
+    """A run killed (SIGKILL) inside an epoch after its first alternation point removed channels; tests copy it."""
+    tmp_path = tmp_path_factory.mktemp("killed")
     out = tmp_path / "killed"
     process = _start_in_subprocess(tmp_path, out)
-    _wait_for_sparse_checkpoint(process, out)
+    run = _wait_for_checkpoint_after_pruning(process, out)
     process.kill()
     process.wait()
+    point = run["alternations"][0]
+    assert point["channels_kept"] < point["channels_total"]  # the alternation point removed channels
+    return out
+
+
+def _copy_run(source, destination):
+    import shutil
+
+    shutil.copytree(source, destination)
+    return destination
+
+
+def test_sigkill_after_pruning_then_resume_equals_the_uninterrupted_run(tmp_path, finished_run, killed_after_pruning):
+    _, reference, _ = finished_run
+    out = _copy_run(killed_after_pruning, tmp_path / "killed")
+    # A kill inside atomic_write leaves its temporary file beside the intact last.pt: resume ignores it.
+    stray = out / "checkpoints" / ".last.pt.k1ll3d.tmp"
+    stray.write_bytes((out / "checkpoints" / "last.pt").read_bytes()[:200])
     resumed = _compress(tmp_path, out)
     assert resumed.exit_code == 0, resumed.output
-    assert "resuming" in resumed.output and "at sparse epoch" in resumed.output
+    assert "resuming" in resumed.output and ", step " in resumed.output and "warning" not in resumed.output
     _assert_same_run(out, reference)
+
+
+def test_a_checkpoint_cut_short_falls_back_to_the_previous_one(tmp_path, finished_run, killed_after_pruning):
+    # What a crash while writing last.pt would leave without atomic writes: the file cut off mid-way.
+    _, reference, _ = finished_run
+    out = _copy_run(killed_after_pruning, tmp_path / "cut")
+    last = out / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: len(last.read_bytes()) // 2])
+    result = _compress(tmp_path, out)
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.output.splitlines() if line.startswith("warning: "))
+    assert str(last) in warning and "checksum mismatch" in warning and "resuming from last.pt.previous" in warning
+    _assert_same_run(out, reference)  # the checkpoint one step earlier leads to the same run
 
 
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp_path, finished_run):
@@ -172,28 +217,46 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tm
     _, reference, _ = finished_run
     out = tmp_path / "terminated"
     process = _start_in_subprocess(tmp_path, out)
-    _wait_for_sparse_checkpoint(process, out)
+    _wait_for_checkpoint_after_pruning(process, out)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 143, output
     assert "Traceback" not in output
-    assert "error: stopped by SIGTERM at sparse epoch" in output and "run the same command again to resume" in output
+    assert "error: stopped by SIGTERM at " in output and "run the same command again to resume" in output
     resumed = _compress(tmp_path, out)
     assert resumed.exit_code == 0, resumed.output
     _assert_same_run(out, reference)
 
 
-def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, finished_run):
+def test_a_flipped_byte_in_every_checkpoint_is_named(tmp_path, finished_run):
     _, reference, _ = finished_run
-    out = tmp_path / "copy"
-    import shutil
-
-    shutil.copytree(reference, out)
+    out = _copy_run(reference, tmp_path / "flipped")
     last = out / "checkpoints" / "last.pt"
-    last.write_bytes(last.read_bytes()[: len(last.read_bytes()) // 2])
+    for path in (last, last.with_name("last.pt.previous")):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        path.write_bytes(bytes(data))
+    one_line_error(_compress(tmp_path, out), str(last), "checksum mismatch", "to start over")
+
+
+def test_an_unreadable_checkpoint_is_an_error_not_a_silent_fallback(tmp_path, finished_run, monkeypatch):
+    import errno
+    import os
+
+    _, reference, _ = finished_run
+    out = _copy_run(reference, tmp_path / "unreadable")
+    last = out / "checkpoints" / "last.pt"
+    read_bytes = Path.read_bytes
+
+    def refuse_last(self):  # as a permission or disk error would (tests run as root, so chmod 000 reads fine)
+        if self == last:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse_last)
     result = _compress(tmp_path, out)
-    assert result.exit_code == 0, result.output
-    assert "checksum mismatch" in result.output and "resuming from last.pt.previous" in result.output
+    one_line_error(result, str(last), "Permission denied")
+    assert "resuming" not in result.output
 
 
 def test_help_of_every_command():
@@ -234,7 +297,7 @@ def test_compress_with_latency_allocation_times_the_layers_once(tmp_path):
     points = read_checkpoint(out / "checkpoints" / "last.pt")["run"]["alternations"]
     assert len(points) == 2 and all(p["allocation"] == "latency" and p["predicted_speedup"] > 0 for p in points)
     models = {m["kind"]: m for m in json.loads((out / "export.json").read_text())["models"]}
-    assert models["sparse"]["macs"] <= models["baseline"]["macs"]  # how much is cut depends on the measured times
+    assert models["sparse"]["macs"] < models["baseline"]["macs"]  # how much is cut depends on the measured times
     assert "Allocation `latency`" in (out / "report.md").read_text()
     assert "predicted speed-up" in result.output
     assert (out / "latency-table.json").stat().st_mtime_ns == stamp
