@@ -78,13 +78,18 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
 
 def _from_factory(path: str) -> nn.Module:
     module_name, _, attribute = path.partition(":")
-    # Like `python -m`, find modules in the working directory too (console scripts do not).
-    if os.getcwd() not in sys.path:
+    # Like `python -m`, find modules in the working directory too (console scripts do not), but only for
+    # this import: later imports must not pick up the user's files. sys.modules keeps the module for rebuilds.
+    added = os.getcwd() not in sys.path
+    if added:
         sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
         raise SupportpruneError(f"cannot import model factory {path!r}: {error}; check the module is on PYTHONPATH") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
     model = factory()
     if not isinstance(model, nn.Module):
         raise SupportpruneError(f"model factory {path!r} returned {type(model).__name__}, not an nn.Module")
