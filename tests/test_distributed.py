@@ -85,7 +85,7 @@ def _assert_same_epochs(single, double):
     assert len(single) == len(double) and single
     for a, b in zip(single, double):
         assert a["epoch"] == b["epoch"] and a["phase"] == b["phase"]
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5, abs=1e-6)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)  # measured: ≤ 4e-8 relative
         assert b["val_top1"] == a["val_top1"]
 
 
