@@ -39,8 +39,8 @@ _USER_DIRS: set[str] = set()
 
 
 def register_user_code(directory: str | os.PathLike) -> None:
-    """Count files under ``directory`` as the user's code even where it is an installed package (the
-    package a model factory was imported from)."""
+    """Count files under ``directory`` (or that file) as the user's code even where it is an installed package
+    (the package or module a model factory was imported from)."""
     _USER_DIRS.add(os.path.realpath(directory))
 
 
@@ -50,7 +50,7 @@ def is_user_file(filename: str) -> bool:
     if filename.startswith("<"):
         return False
     path = os.path.realpath(filename)
-    if any(path.startswith(d + os.sep) for d in _USER_DIRS):
+    if any(path == d or path.startswith(d + os.sep) for d in _USER_DIRS):
         return True
     if path.startswith(str(_PACKAGE_DIR) + os.sep):
         return False

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from supportprune.atomic import atomic_write_bytes, atomic_write_text
 from supportprune.errors import SupportpruneError
+from supportprune.plotting import plots_unavailable, skipped_plots_note
 from supportprune.recipe import Recipe, with_overrides
 
 ALTERNATIONS = ("none", "instance", "batch")
@@ -204,11 +205,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _fmt(values: Sequence[float], digits: int = 2) -> str:
+def _fmt(values: Sequence[float], digits: int = 2, seeds: Sequence[int] | None = None) -> str:
+    """Mean ± std over the seeds that gave a number; seeds whose value is NaN (the run diverged) are named,
+    not silently dropped. ``seeds`` labels ``values`` (default: their positions)."""
     mean, std = mean_std(values)
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = "–" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    labels = list(seeds) if seeds is not None else list(range(len(values)))
+    diverged = [label for label, v in zip(labels, values) if v is not None and math.isnan(v)]
+    if diverged:
+        named = ("seed " if len(diverged) == 1 else "seeds ") + ", ".join(str(label) for label in diverged)
+        text += f" ({len(values) - len(diverged)} of {len(values)} seeds; {named} diverged (NaN))"
+    return text
 
 
 def _fmt_count(values: Sequence[float]) -> str:
@@ -267,11 +274,11 @@ def write_experiment_report(plan: ExperimentPlan, results: dict[str, Any], secon
     # Table 7 (and Table 2's MaskT)
     table7 = ["| | plain SGD (baseline) | I-alternation | B-alternation |", "|---|---:|---:|---:|"]
     table7.append("| validation error (%), η* on each example | " + " | ".join(
-        _fmt([train_runs[f"{a}/{s}"]["val_error"] for s in seeds]) for a in ALTERNATIONS) + " |")
+        _fmt([train_runs[f"{a}/{s}"]["val_error"] for s in seeds], seeds=seeds) for a in ALTERNATIONS) + " |")
     table7.append("| validation error (%), MaskT | " + " | ".join(
-        _fmt([train_runs[f"{a}/{s}"]["maskt_val_error"] for s in seeds]) for a in ALTERNATIONS) + " |")
+        _fmt([train_runs[f"{a}/{s}"]["maskt_val_error"] for s in seeds], seeds=seeds) for a in ALTERNATIONS) + " |")
     table7.append("| final training loss | " + " | ".join(
-        _fmt([train_runs[f"{a}/{s}"]["metrics"][-1]["train_loss"] for s in seeds], 4) for a in ALTERNATIONS) + " |")
+        _fmt([train_runs[f"{a}/{s}"]["metrics"][-1]["train_loss"] for s in seeds], 4, seeds) for a in ALTERNATIONS) + " |")
 
     def _iters(a: str) -> str:
         values = conv[a]["iterations"]
@@ -297,13 +304,13 @@ def write_experiment_report(plan: ExperimentPlan, results: dict[str, Any], secon
     dsd = results["dsd"]
     first = dsd[str(seeds[0])]["support-batch"]
     table8 = ["| | top-1 error (%) | sparse model top-1 error (%) | sparse MACs (× dense) | sparse parameters |", "|---|---:|---:|---:|---:|"]
-    table8.append(f"| baseline (plain SGD, the Dense step) | {_fmt([100 - dsd[str(s)]['support-batch']['baseline_top1'] for s in seeds])} | | 1.000 | {first['baseline_params']:,} |")
+    table8.append(f"| baseline (plain SGD, the Dense step) | {_fmt([100 - dsd[str(s)]['support-batch']['baseline_top1'] for s in seeds], seeds=seeds)} | | 1.000 | {first['baseline_params']:,} |")
     for key, label in TABLE8_RUNS:
         runs = [dsd[str(s)][key] for s in seeds]
         table8.append(
-            f"| {label} | {_fmt([100 - r['metrics'][-1]['val_top1'] for r in runs])} | "
-            f"{_fmt([100 - _sparse_record(r)['val_top1'] for r in runs])} | "
-            f"{_fmt([_kept_macs(r) for r in runs], 3)} | {_fmt_count([r['alternations'][-1]['params'] for r in runs])} |"
+            f"| {label} | {_fmt([100 - r['metrics'][-1]['val_top1'] for r in runs], seeds=seeds)} | "
+            f"{_fmt([100 - _sparse_record(r)['val_top1'] for r in runs], seeds=seeds)} | "
+            f"{_fmt([_kept_macs(r) for r in runs], 3, seeds)} | {_fmt_count([r['alternations'][-1]['params'] for r in runs])} |"
         )
     sparsities = [dsd[str(s)]["magnitude_sparsity"] for s in seeds]
 
@@ -315,17 +322,18 @@ def write_experiment_report(plan: ExperimentPlan, results: dict[str, Any], secon
             runs = [results["macs"][f"{target:g}/{s}"][criterion] for s in seeds]
             kept = [_kept_macs(r) for r in runs]
             errors = [100 - _sparse_record(r)["val_top1"] for r in runs]
-            macs_rows.append(f"| {target:g} | {criterion} | {_fmt(kept, 3)} | {_fmt(errors)} |")
+            macs_rows.append(f"| {target:g} | {criterion} | {_fmt(kept, 3, seeds)} | {_fmt(errors, seeds=seeds)} |")
             macs_points.setdefault(criterion, []).append((mean_std(kept)[0], *mean_std(errors)))
 
     plots = {}
-    try:
+    no_plots = plots_unavailable()
+    if no_plots is None:
         plots["figure3.png"] = _figure3(train_runs, seeds)
         plots["accuracy_vs_macs.png"] = _macs_plot(macs_points)
-    except ImportError:
-        plots = {}
     for name, data in plots.items():
         atomic_write_bytes(plots_dir / name, data)
+    figure3_image = "![Figure 3](plots/figure3.png)" if no_plots is None else skipped_plots_note(no_plots)
+    macs_image = "![Accuracy against MACs](plots/accuracy_vs_macs.png)" if no_plots is None else "(plot skipped: see above)"
 
     claims = _claims(train_runs, conv, dsd, results["macs"], plan)
     run_rows = "\n".join(f"| {name} | {secs:.0f} |" for name, secs in sorted(plan.run_seconds.items()))
@@ -351,7 +359,7 @@ the supports every {recipe.train.gap_epochs} epoch(s); granularity `{recipe.trai
 with the stored supports fixed), averaged over seeds. "Iterations to SGD's final training error" uses the curves smoothed over one
 epoch; the target is SGD's mean training error in its last epoch.
 
-![Figure 3](plots/figure3.png)
+{figure3_image}
 
 {chr(10).join(figure3)}
 
@@ -380,7 +388,7 @@ The Sparse step alone (no re-Dense) at each target. The support threshold is sea
 pruned, by the same search over its own scores, to the MACs the support actually kept: **matched on MACs**
 (up to one channel). L1/L2 are torch-pruning's group magnitude importances (normalised per group); random is seeded.
 
-![Accuracy against MACs](plots/accuracy_vs_macs.png)
+{macs_image}
 
 {chr(10).join(macs_rows)}
 

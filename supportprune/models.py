@@ -89,8 +89,10 @@ def _call_args(kwargs: dict[str, Any]) -> str:
 def _from_factory(path: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     module_name, _, attribute = path.partition(":")
     kwargs = kwargs or {}
-    # Like `python -m`, find modules in the working directory too (console scripts do not).
-    if os.getcwd() not in sys.path:
+    # Like `python -m`, find modules in the working directory too (console scripts do not), but only for
+    # this import: later imports must not pick up the user's files. sys.modules keeps the module for rebuilds.
+    added = os.getcwd() not in sys.path
+    if added:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
@@ -99,9 +101,12 @@ def _from_factory(path: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
         raise SupportpruneError(f"cannot import model factory {path!r}: {error}; check the module is on PYTHONPATH") from None
     except Exception as error:  # the user's module itself raised while importing
         raise UserCodeError(f"importing {module_name} raised {type(error).__name__}: {first_line(error)}") from error
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
     top_level = sys.modules.get(module_name.partition(".")[0])
-    if getattr(top_level, "__file__", None):
-        register_user_code(Path(top_level.__file__).parent)
+    if getattr(top_level, "__file__", None):  # a package: its whole folder; a plain module: its file
+        register_user_code(Path(top_level.__file__).parent if hasattr(top_level, "__path__") else top_level.__file__)
     if not callable(factory):
         raise SupportpruneError(f"{path!r} is a {type(factory).__name__}, not a callable that returns an nn.Module")
     call = f"{path}({_call_args(kwargs)})"

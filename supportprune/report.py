@@ -6,6 +6,7 @@ import io
 from typing import Any, Sequence
 
 from supportprune.atomic import atomic_write_bytes, atomic_write_text
+from supportprune.plotting import plots_unavailable, skipped_plots_note
 
 
 def _fmt_int(value: float) -> str:
@@ -42,11 +43,10 @@ def summary_table(summaries: Sequence[Any], bench: Sequence[Any]) -> str:
 
 def write_report(layout, model_name, recipe, data_description, summaries, bench, state, seconds) -> None:
     plots = []
-    try:
+    no_plots = plots_unavailable()
+    if no_plots is None:
         plots.append(("Training curves", _training_plot(layout, state)))
         plots.append(("Channels kept per support site", _channels_plot(layout, state)))
-    except ImportError:  # matplotlib is a dependency, but a report without plots beats no report
-        plots = []
     from supportprune.bench import realised_markdown, realised_speedups, results_markdown
 
     provider = bench[0].provider if bench else "none"
@@ -106,6 +106,8 @@ sparse model's to see what re-dense training itself gave.
 """
     for title, name in plots:
         text += f"## {title}\n\n![{title}](plots/{name})\n\n"
+    if no_plots is not None:
+        text += skipped_plots_note(no_plots) + "\n"
     atomic_write_text(layout.report, text)
 
 
@@ -196,10 +198,9 @@ def write_train_report(layout, model_name, recipe, data_description, state, resu
         "warm-up epoch(s)",
     }[train.alternation]
     plots = []
-    try:
+    no_plots = plots_unavailable()
+    if no_plots is None:
         plots.append(("Training curve", _curve_plot(layout, state)))
-    except ImportError:
-        pass
     text = f"""# supportprune train: {model_name}, alternation `{train.alternation}`
 
 {what}; granularity `{train.granularity}`, relative threshold {train.relative_threshold:g}; on {data_description}.
@@ -217,6 +218,8 @@ Seed {recipe.seed}; wall time {result['seconds']:.0f} s. Recipe: `recipe.yaml`; 
 """
     for title, name in plots:
         text += f"## {title}\n\n![{title}](plots/{name})\n\n"
+    if no_plots is not None:
+        text += skipped_plots_note(no_plots) + "\n"
     atomic_write_text(layout.report, text)
 
 

@@ -154,7 +154,6 @@ def test_fixed_two_layer_loss_is_the_lifted_least_squares_of_eq24():
 def test_maskt_applies_supports_without_thresholding():
     torch.manual_seed(0)
     model = convert_relus(BiasFreeChain(), torch.zeros(2, 1, 8, 8))
-    counts = {name: torch.tensor(0) for name, _ in support_sites(model)}
     shapes = support_dims(model, torch.zeros(2, 1, 8, 8), "element")
     generator = torch.Generator().manual_seed(0)
     counts = {name: torch.randint(0, 11, shape, generator=generator) for name, shape in shapes.items()}

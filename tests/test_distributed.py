@@ -79,6 +79,16 @@ def _run(tmp_path, out, processes):
     return result.stdout
 
 
+def _assert_same_epochs(single, double):
+    """Every epoch of both runs, none missing. tiny_plain has no batch norm, so two ranks compute the
+    single process's global-batch gradients up to the order of float additions in the all-reduce."""
+    assert len(single) == len(double) and single
+    for a, b in zip(single, double):
+        assert a["epoch"] == b["epoch"] and a["phase"] == b["phase"]
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)  # measured: ≤ 4e-8 relative
+        assert b["val_top1"] == a["val_top1"]
+
+
 def test_distributed_compress_prunes_like_one_process_on_the_same_global_batches(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     _run(tmp_path, single, 1)
@@ -91,9 +101,9 @@ def test_distributed_compress_prunes_like_one_process_on_the_same_global_batches
     assert keep[single].keys() == keep[double].keys()
     assert all(torch.equal(keep[single][k], keep[double][k]) for k in keep[single])
     assert sum(int((v == 0).sum()) for v in keep[single].values()) > 0  # something was pruned
-    # Metrics are aggregated over both ranks: the same global batches give (almost) the same numbers.
-    for a, b in zip(*(map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) for run in (single, double))):
-        assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 and abs(a["val_top1"] - b["val_top1"]) < 0.5
+    # Metrics are aggregated over both ranks: the same global batches give the same numbers, epoch by epoch.
+    metrics = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (single, double)]
+    _assert_same_epochs(*metrics)
     exported = json.loads((double / "export.json").read_text())
     assert {m["kind"] for m in exported["models"]} == {"baseline", "sparse", "dense"}
 
@@ -116,10 +126,10 @@ def test_distributed_i_alternation_trains_like_one_process(tmp_path):
     with the supports of its own examples."""
     single = _train(tmp_path, tmp_path / "single", 1)
     double = _train(tmp_path, tmp_path / "double", 2)
-    assert not (tmp_path / "double" / "masks" / "instance-supports.npy.tmp.npy").exists()
-    for a, b in zip(single["metrics"], double["metrics"]):
-        assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 and abs(a["val_top1"] - b["val_top1"]) < 0.5
-    assert abs(single["maskt_val_error"] - double["maskt_val_error"]) < 0.5
+    # The supports were saved once, atomically: the final file and no temporary left beside it.
+    assert sorted(p.name for p in (tmp_path / "double" / "masks").iterdir()) == ["instance-supports.npy"]
+    _assert_same_epochs(single["metrics"], double["metrics"])
+    assert single["maskt_val_error"] == double["maskt_val_error"]
 
 
 def _global_bn_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:

@@ -193,16 +193,32 @@ def test_converted_network_parameter_gradients_match(network, granularity):
         torch.testing.assert_close(stats[name], stats_ref[name], rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_reference_selected_per_class_and_per_instance():
-    site = _site(3, "channel")
-    assert site.fused is True and SupportSite.fused is True
-    site.fused = False
-    assert SupportSite.fused is True
-    SupportSite.fused = False
-    try:
-        assert _site(3, "channel").fused is False
-    finally:
-        SupportSite.fused = True
+def test_reference_selected_per_class_and_per_instance(monkeypatch):
+    """Which path a forward takes: the fused one by default, the reference one for an instance or the
+    whole class set to ``fused = False``, and the reference one in fixed mode whatever the flag."""
+    taken = []
+    for path in ("_forward_reference", "_forward_batch_fused", "_forward_threshold_fused"):
+        original = getattr(SupportSite, path)
+        monkeypatch.setattr(SupportSite, path, lambda self, q, _p=path, _f=original: taken.append(_p) or _f(self, q))
+    q = torch.randn(4, 3, 5, 5)
+
+    def path_of(site):
+        taken.clear()
+        site(q)
+        return taken
+
+    assert path_of(_site(3, "channel")) == ["_forward_batch_fused"]
+    assert path_of(_site(3, "channel").eval()) == ["_forward_threshold_fused"]
+    one = _site(3, "channel")
+    one.fused = False
+    assert path_of(one) == ["_forward_reference"]
+    assert path_of(_site(3, "channel")) == ["_forward_batch_fused"]  # the other instances stay fused
+    fixed = _site(3, "channel", mode="fixed")
+    fixed.fixed_support = torch.ones(4, 3, dtype=torch.bool)
+    assert path_of(fixed) == ["_forward_reference"]
+    monkeypatch.setattr(SupportSite, "fused", False)
+    assert path_of(_site(3, "channel")) == ["_forward_reference"]
+    assert path_of(_site(3, "element", mode="threshold")) == ["_forward_reference"]
 
 
 def _compile_works() -> bool:

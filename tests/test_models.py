@@ -1,5 +1,6 @@
 """Model building: names, factories, weights files, head and input adaptation, clear errors."""
 
+import sys
 import urllib.error
 
 import pytest
@@ -41,6 +42,23 @@ def test_user_factory_model_and_our_checkpoint_as_weights(tmp_path):
     torch.save({"model": converted.state_dict()}, path)  # site buffers included, as our checkpoints hold
     again = build_model(spec, str(path))
     assert torch.equal(again.stem.weight, model.stem.weight)
+
+
+def test_factory_in_the_working_directory_leaves_sys_path_as_it_was(tmp_path, monkeypatch):
+    (tmp_path / "cwd_factory_model.py").write_text(
+        "import torch.nn as nn\n\ndef net():\n    return nn.Sequential(nn.Conv2d(1, 2, 8), nn.Flatten(), nn.Linear(2, 3))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "cwd_factory_model", raising=False)
+    before = list(sys.path)
+    spec = ModelSpec("cwd_factory_model:net", 10, 1, 8)
+    assert build_model(spec)(spec.example_input()).shape == (2, 10)  # found in the working directory
+    assert sys.path == before
+    assert build_model(spec)(spec.example_input()).shape == (2, 10)  # rebuilt from the imported module
+    assert sys.path == before
+    with pytest.raises(SupportpruneError, match="cannot import model factory"):
+        build_model(ModelSpec("cwd_factory_model:missing", 10, 1, 8))
+    assert sys.path == before  # a failed import cleans up too
 
 
 def test_unknown_model_names_it_and_suggests():
