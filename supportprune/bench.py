@@ -25,6 +25,7 @@ from supportprune.errors import SupportpruneError
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 _ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -110,11 +111,12 @@ def benchmark_side_by_side(
         if device == "cuda" and provider != CUDA:
             raise SupportpruneError(f"ONNX Runtime could not start CUDA for {path}; use --device cpu")
         sample_shape, dtype = _input_spec(session.get_inputs()[0], path)
-        opened.append((name, path, session, provider, sample_shape, dtype, onnx_macs(path)))
+        opened.append((name, path, session, provider, sample_shape, onnx_precision(path, dtype), onnx_macs(path)))
     times: dict[tuple[int, int], list[float]] = {}
     for batch_size in batch_sizes:
         runners = []
-        for _, _, session, _, sample_shape, dtype, _ in opened:
+        for _, _, session, _, sample_shape, precision, _ in opened:
+            dtype = np.float16 if precision == "fp16" else np.float32  # int8 QDQ models keep float32 I/O
             x = np.random.default_rng(0).standard_normal((batch_size, *sample_shape)).astype(dtype)
             run = make_runner(session, x)
             time_calls(run, 0, warmup)
@@ -124,16 +126,27 @@ def benchmark_side_by_side(
             for index, run in enumerate(runners):
                 times.setdefault((index, batch_size), []).extend(time_calls(run, share, 0))
     results = []
-    for index, (name, path, _, provider, _, dtype, macs) in enumerate(opened):
+    for index, (name, path, _, provider, _, precision, macs) in enumerate(opened):
         for batch_size in batch_sizes:
             samples = times[(index, batch_size)]
             median = statistics.median(samples)
             results.append(BenchResult(
                 model=name, path=str(path), provider=provider, batch_size=batch_size, runs=len(samples),
                 median_ms=median * 1e3, p90_ms=float(np.percentile(samples, 90)) * 1e3,
-                throughput=batch_size / median, macs=macs, precision="fp16" if dtype == np.float16 else "fp32",
+                throughput=batch_size / median, macs=macs, precision=precision,
             ))
     return results
+
+
+def onnx_precision(path: str | os.PathLike, input_dtype: type = np.float32) -> str:
+    """"int8" for a quantized model (QDQ pairs or QLinear operators; its input stays float), else the
+    input's float type: "fp16" or "fp32"."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if any(node.op_type in _QUANTIZED_OPS for node in graph.node):
+        return "int8"
+    return "fp16" if input_dtype == np.float16 else "fp32"
 
 
 def onnx_macs(path: str | os.PathLike) -> int:
@@ -141,6 +154,7 @@ def onnx_macs(path: str | os.PathLike) -> int:
 
     Shapes come from ONNX shape inference with the batch dimension left symbolic: every output
     element of a Conv costs (C_in / groups) · k_h · k_w MACs, of a Gemm/MatMul one row of the weight.
+    In a QDQ (int8) model a weight reaches its Conv through a DequantizeLinear of the int8 initializer.
     """
     import onnx
 
@@ -150,6 +164,8 @@ def onnx_macs(path: str | os.PathLike) -> int:
         dims = value.type.tensor_type.shape.dim
         shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    weights.update({node.output[0]: weights[node.input[0]] for node in model.graph.node
+                    if node.op_type == "DequantizeLinear" and node.input[0] in weights})
     total = 0
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in weights:

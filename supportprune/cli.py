@@ -201,6 +201,7 @@ def compress(
     target_latency: Optional[float] = typer.Option(None, "--target-latency", help="allocation latency: fraction of the dense model's predicted time to keep (default: --target-macs)"),
     latency_table: Optional[str] = typer.Option(None, "--latency-table", help="allocation latency: a latency-table.json (of an earlier run, or timed on the deployment machine) instead of timing here"),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
+    int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="also export static-quantized int8 ONNX models, checked against fp32 and benchmarked (default: the recipe's export.int8)"),
     restart: bool = typer.Option(False, "--restart", help="start afresh: an earlier run in --out is moved aside to OUT.1 (OUT.2, ...), not resumed"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
@@ -213,7 +214,7 @@ def compress(
         "data.batch_size": batch_size, "sparse.granularity": granularity,
         "sparse.relative_threshold": relative_threshold, "sparse.target_macs": target_macs, "sparse.round_to": round_to,
         "sparse.criterion": criterion, "sparse.alternation": sparse_alternation, "sparse.allocation": allocation,
-        "sparse.target_latency": target_latency, "sparse.latency_table": latency_table,
+        "sparse.target_latency": target_latency, "sparse.latency_table": latency_table, "export.int8": int8,
     }
     recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides, model_arg)
     out_dir = out or Path("runs") / _run_name(model)
@@ -336,8 +337,8 @@ def export_run(
     recipe = recipe_from_dict(yaml.safe_load(layout.recipe.read_text()), str(layout.recipe))
     data = load_data(recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean,
                      std=recipe.data.std, channels=recipe.data.channels, resize_to=recipe.data.resize_to)
-    _, val_loader = make_loaders(data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)
-    export_models(spec, models, recipe, layout, val_loader, torch_device, RichReporter())
+    train_loader, val_loader = make_loaders(data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)
+    export_models(spec, models, recipe, layout, val_loader, torch_device, RichReporter(), calibration_loader=train_loader)
 
 
 @app.command()

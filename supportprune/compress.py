@@ -40,6 +40,7 @@ from supportprune.errors import SupportpruneError
 from supportprune.mask_store import InstanceMaskStore, choose_storage
 from supportprune.models import ModelSpec, build_model, check_forward
 from supportprune.pruning import count_macs_params
+from supportprune.quantize import onnx_top1_agreement as top1_agreement
 from supportprune.recipe import PhaseConfig, Recipe, same_recipe, with_resolved_preprocessing
 from supportprune.run_aside import move_aside
 from supportprune.distributed import cluster_device, init_cluster, shutdown_cluster
@@ -155,8 +156,8 @@ class RunLayout:
     def model_state(self, kind: str) -> Path:
         return self.root / "models" / f"{kind}.pt"
 
-    def onnx(self, kind: str, fp16: bool = False) -> Path:
-        return self.root / (f"{kind}.fp16.onnx" if fp16 else f"{kind}.onnx")
+    def onnx(self, kind: str, fp16: bool = False, int8: bool = False) -> Path:
+        return self.root / (f"{kind}.fp16.onnx" if fp16 else f"{kind}.int8.onnx" if int8 else f"{kind}.onnx")
 
 
 def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str) -> bool:
@@ -345,7 +346,7 @@ class _Run:
         # Each rank validated on its shard; the exported models are checked on the whole validation set.
         full_val = self.val_loader if not cluster.distributed else make_loaders(
             self.data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)[1]
-        summaries = _finish(self.spec, recipe, self.layout, full_val, self.device, self.reporter)
+        summaries = _finish(self.spec, recipe, self.layout, full_val, self.device, self.reporter, self.train_loader)
         bench = _benchmark(recipe, self.layout, self.reporter)
         seconds = time.perf_counter() - self.started
         from supportprune.report import write_report
@@ -865,15 +866,22 @@ def load_run_models(layout: RunLayout, device: torch.device | str = "cpu") -> tu
     return spec, models
 
 
-def _finish(spec, recipe, layout, val_loader, device, reporter) -> list[ModelSummary]:
+def _finish(spec, recipe, layout, val_loader, device, reporter, calibration_loader=None) -> list[ModelSummary]:
     _, models = load_run_models(layout, device)
-    return export_models(spec, models, recipe, layout, val_loader, device, reporter)
+    return export_models(spec, models, recipe, layout, val_loader, device, reporter, calibration_loader)
 
 
-def export_models(spec, models, recipe, layout, val_loader, device, reporter) -> list[ModelSummary]:
+def export_models(spec, models, recipe, layout, val_loader, device, reporter, calibration_loader=None) -> list[ModelSummary]:
+    """Export each model to ONNX (fp32; fp16 and int8 too when the recipe asks). Reduced-precision exports
+    record how often their top-1 agrees with the fp32 model's; int8 is calibrated on ``calibration_loader``
+    (training images; the validation images when None) and warns below ``quantize.MIN_AGREEMENT``."""
     from supportprune.export import export_onnx
+    from supportprune.quantize import agreement_warning, calibration_batches, quantize_int8
 
     check_input = _check_batch(val_loader, recipe.export.check_batch)
+    calibration = (calibration_batches(val_loader if calibration_loader is None else calibration_loader,
+                                       recipe.export.calibration_images)
+                   if recipe.export.int8 else None)
     summaries, export_record = [], {}
     for kind, model in models.items():
         macs, params = count_macs_params(model, spec.example_input().to(device))
@@ -890,33 +898,19 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter) ->
             export_record[path.stem] = record
             reporter.message(f"exported {path.name}: max |ONNX - PyTorch| {check.max_abs_diff:.2e}" + (
                 f", fp16 top-1 agrees with fp32 on {100 * record['top1_agreement_with_fp32']:.2f}%" if fp16 else ""))
+        if calibration is not None:
+            path = quantize_int8(layout.onnx(kind), layout.onnx(kind, int8=True), calibration)
+            agreement = top1_agreement(ready, path, val_loader, recipe.export.agreement_images)
+            warning = agreement_warning(path.name, agreement)
+            export_record[path.stem] = {"path": path.name, "calibration_images": sum(len(b) for b in calibration),
+                                        "top1_agreement_with_fp32": agreement, "warning": warning}
+            reporter.message(f"exported {path.name}: int8 top-1 agrees with fp32 on {100 * agreement:.2f}%")
+            if warning:
+                reporter.message(f"warning: {warning}")
         reporter.message(f"{kind}: {params:,} parameters, {macs / 1e6:.1f} MMACs, top-1 {top1:.2f}%")
         summaries.append(ModelSummary(kind, params, macs, top1, layout.onnx(kind).name, export_record[kind]["max_abs_diff"]))
     atomic_write_text(layout.export_json, json.dumps({"models": [asdict(s) for s in summaries], "exports": export_record}, indent=2))
     return summaries
-
-
-def top1_agreement(model: nn.Module, onnx_path: Path, loader, images: int) -> float:
-    """Share of the first ``images`` inputs on which the ONNX model (run by ONNX Runtime on the CPU)
-    picks the class the PyTorch model picks."""
-    import numpy as np
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_meta = session.get_inputs()[0]
-    dtype = np.float16 if input_meta.type == "tensor(float16)" else np.float32
-    agree = seen = 0
-    model = model.cpu().eval()
-    with torch.no_grad():
-        for batch, _ in loader:
-            batch = batch[: images - seen].cpu()
-            expected = model(batch).argmax(dim=1).numpy()
-            got = session.run(None, {input_meta.name: batch.numpy().astype(dtype)})[0].argmax(axis=1)
-            agree += int((expected == got).sum())
-            seen += len(batch)
-            if seen >= images:
-                break
-    return agree / max(seen, 1)
 
 
 def _check_batch(loader, size: int) -> torch.Tensor:
@@ -941,6 +935,8 @@ def _benchmark(recipe: Recipe, layout: RunLayout, reporter: Reporter) -> list[An
     batch_sizes = recipe.bench.gpu_batch_sizes if gpu_available() else recipe.bench.batch_sizes
     models = [(kind, layout.onnx(kind, fp16)) for fp16 in ((False, True) if recipe.export.fp16 else (False,))
               for kind in MODEL_KINDS]
+    if recipe.export.int8:  # same names as fp32; the results' precision (read from the graph) tells them apart
+        models += [(kind, layout.onnx(kind, int8=True)) for kind in MODEL_KINDS]
     reporter.message(f"benchmarking {', '.join(path.name for _, path in models)} side by side at batch sizes "
                      f"{', '.join(map(str, batch_sizes))}")
     results = benchmark_side_by_side(models, batch_sizes=batch_sizes, runs=recipe.bench.runs, warmup=recipe.bench.warmup)

@@ -234,7 +234,12 @@ class ExportConfig:
     tolerance: float = 1e-3
     check_batch: int = 16
     fp16: bool = False  # also export (and benchmark) half-precision models, <kind>.fp16.onnx
-    agreement_images: int = 1000  # validation images on which fp16 top-1 is compared with fp32
+    agreement_images: int = 1000  # validation images on which fp16 and int8 top-1 are compared with fp32
+    int8: bool = False  # also export (and benchmark) static QDQ int8 models, <kind>.int8.onnx (supportprune/quantize.py)
+    calibration_images: int = 256  # training images that calibrate the int8 activation ranges
+
+    def __post_init__(self) -> None:
+        _positive(self, "check_batch", "agreement_images", "calibration_images")
 
 
 @dataclass(frozen=True)

@@ -51,11 +51,11 @@ def write_report(layout, model_name, recipe, data_description, summaries, bench,
 
     provider = bench[0].provider if bench else "none"
     realised_table = realised_markdown(realised_speedups(bench, "baseline"), "baseline") if bench else "(no benchmark)\n"
-    has_fp16 = any(r.precision == "fp16" for r in bench)
-    fp16_note = ("; fp16 rows compare with the fp16 baseline, and all results are in the table below"
-                 if has_fp16 else "")
-    if has_fp16:
-        realised_table += "\n" + results_markdown(bench)
+    reduced = sorted({r.precision for r in bench} - {"fp32"})
+    precision_note = (f"; {' and '.join(reduced)} rows compare with the baseline of the same precision, and all results "
+                 "are in the table below" if reduced else "")
+    if reduced:
+        realised_table += "\n" + results_markdown(bench) + _int8_text(layout, bench)
     revived = state.revived_channels if state.revived_channels is not None else 0
     latency = recipe.sparse.allocation == "latency"
     alternations = "\n".join(
@@ -84,7 +84,7 @@ between each ONNX model and PyTorch on real inputs is in `export.json`
 ## Speed against MACs
 
 How much of the MACs saving became throughput (speed-up ÷ MACs reduction, MACs counted from the ONNX
-graphs; 1.0 means all of it){fp16_note}:
+graphs; 1.0 means all of it){precision_note}:
 
 {realised_table}
 ## Alternation points (Sparse phase)
@@ -109,6 +109,29 @@ sparse model's to see what re-dense training itself gave.
     if no_plots is not None:
         text += skipped_plots_note(no_plots) + "\n"
     atomic_write_text(layout.report, text)
+
+
+def _int8_text(layout, bench: Sequence[Any]) -> str:
+    """The int8 models' top-1 agreement with fp32 (from export.json), any warning, and the headline ratio:
+    sparse int8 over baseline fp32 throughput at the largest batch."""
+    import json
+
+    if not any(r.precision == "int8" for r in bench) or not layout.export_json.exists():
+        return ""
+    exports = json.loads(layout.export_json.read_text()).get("exports", {})
+    int8 = {stem: record for stem, record in exports.items() if stem.endswith(".int8")}
+    lines = ["", "INT8 (static QDQ, per-channel weights, calibrated on "
+             f"{next(iter(int8.values()), {}).get('calibration_images', '?')} training images): top-1 agrees with fp32 on "
+             + ", ".join(f"{stem.removesuffix('.int8')} {100 * r['top1_agreement_with_fp32']:.2f}%" for stem, r in int8.items())
+             + " of the validation images."]
+    lines += [f"\n**Warning**: {r['warning']}" for r in int8.values() if r.get("warning")]
+    large = max(r.batch_size for r in bench)
+    by_key = {(r.model, r.precision, r.batch_size): r for r in bench}
+    sparse, baseline = by_key.get(("sparse", "int8", large)), by_key.get(("baseline", "fp32", large))
+    if sparse and baseline:
+        lines.append(f"\nSparse int8 over baseline fp32, throughput at batch {large}: "
+                     f"{sparse.throughput / baseline.throughput:.2f}×.")
+    return "\n".join(lines) + "\n"
 
 
 def _criterion_text(sparse) -> str:

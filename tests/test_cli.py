@@ -26,13 +26,14 @@ TINY_RECIPE = {
     # A MACs target makes the first alternation point remove channels, so resuming crosses a real pruning.
     "sparse": {"epochs": 2, "lr": 0.01, "relative_threshold": 0.3, "prune_at": [1, 2], "target_macs": 0.5},
     "redense": {"epochs": 1, "lr": 0.005},
-    "export": {"check_batch": 8, "fp16": True},
+    "export": {"check_batch": 8, "fp16": True, "int8": True, "calibration_images": 64},
     "bench": {"batch_sizes": [1, 4], "runs": 2, "warmup": 1},
 }
 
 EXPECTED_FILES = {
     "recipe.yaml", "run.json", "metrics.jsonl", "report.md", "export.json", "benchmark.json", "benchmark.md",
     "baseline.onnx", "sparse.onnx", "dense.onnx", "baseline.fp16.onnx", "sparse.fp16.onnx", "dense.fp16.onnx",
+    "baseline.int8.onnx", "sparse.int8.onnx", "dense.int8.onnx",
     "checkpoints/last.pt", "checkpoints/last.pt.previous",
     "models/baseline.pt", "models/sparse.pt", "models/dense.pt",
     "plots/training.png", "plots/channels.png",
@@ -85,14 +86,18 @@ def test_compress_outputs_are_consistent(finished_run):
     assert pruned > 0 and models["sparse"]["params"] < models["baseline"]["params"]
     bench = json.loads((out / "benchmark.json").read_text())
     assert {(r["model"], r["precision"], r["batch_size"]) for r in bench["results"]} == {
-        (k, p, b) for k in ("baseline", "sparse", "dense") for p in ("fp32", "fp16") for b in (1, 4)
+        (k, p, b) for k in ("baseline", "sparse", "dense") for p in ("fp32", "fp16", "int8") for b in (1, 4)
     }
     sparse_rows = [r for r in bench["realised"] if r["model"] == "sparse"]
-    assert len(sparse_rows) == 4 and all(r["macs_reduction"] >= 1.0 for r in sparse_rows)
+    assert len(sparse_rows) == 6 and all(r["macs_reduction"] >= 1.0 for r in sparse_rows)
     # fp16 exports pick the fp32 model's class on at least 99% of the embedded validation images.
     for kind in ("baseline", "sparse", "dense"):
         assert exported["exports"][f"{kind}.fp16"]["top1_agreement_with_fp32"] >= 0.99
+        # int8: agreement recorded on the validation images, and a warning exactly when it is below 99%.
+        int8 = exported["exports"][f"{kind}.int8"]
+        assert int8["calibration_images"] == 64 and (int8["warning"] is None) == (int8["top1_agreement_with_fp32"] >= 0.99)
     report = (out / "report.md").read_text()
+    assert "| sparse | CPU | int8 |" in report and "Sparse int8 over baseline fp32, throughput at batch 4" in report
     assert "| model | parameters | MACs" in report and "| sparse |" in report and "plots/training.png" in report
     assert load_recipe(out / "recipe.yaml").sparse.prune_at == (1, 2)
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from supportprune import dsd  # noqa: E402
 from supportprune.allocation import layer_shapes  # noqa: E402
+from supportprune.atomic import atomic_write_text  # noqa: E402
 from supportprune.bench import TUNED_CUDA_OPTIONS, benchmark_side_by_side, environment  # noqa: E402
 from supportprune.latency import measure_latency_table  # noqa: E402
 from supportprune.export import export_onnx  # noqa: E402
@@ -150,10 +151,15 @@ def main() -> None:
         f"latency table (batch {max(batch_sizes)}, {latency_precision}) predicted for the conv and linear layers.\n\n"
         + "\n".join(lines) + "\n"
     )
+    print_and_write(text, args.out)
+
+
+def print_and_write(text: str, out: Path | None) -> None:
+    """Print the results and, when ``out`` is given, write them there (atomically, folders created)."""
     print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text)
 
 
 if __name__ == "__main__":
