@@ -11,7 +11,7 @@ The CLI's Sparse step as one small object, the way Torch-Pruning's pruners and t
     pruner.redense()                    # DSD's re-dense: pruned connections back, at zero
     pruner.export(sparse, "sparse.onnx")
 
-Every method calls the same functions (``supportprune.dsd``, ``supportprune.support``, ``supportprune.export``) that
+Every method calls the same functions (``supportprune.method.dsd``, ``supportprune.method.support``, ``supportprune.deploy.export``) that
 ``supportprune compress`` runs; nothing here reads or writes files except ``export``.
 """
 
@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from supportprune import dsd
-from supportprune.convert import convert_relus
+from supportprune.method import dsd
+from supportprune.method.convert import convert_relus
 from supportprune.errors import SupportpruneError
-from supportprune.export import ExportCheck, export_onnx
-from supportprune.pruning import count_macs_params
-from supportprune.recipe import SparseConfig
-from supportprune.support import export_ready, kept_channel_counts
+from supportprune.deploy.export import ExportCheck, export_onnx
+from supportprune.method.pruning import count_macs_params
+from supportprune.inputs.recipe import SparseConfig
+from supportprune.method.support import export_ready, kept_channel_counts
 
 
 class SupportPruner:

@@ -133,7 +133,7 @@ def _recipe_with_options(recipe: Optional[str], model: str, data: Optional[str],
     """(the recipe file ``resolve_recipe`` picks, that recipe with the command line's options on top);
     options left at None are not given; ``--model-arg`` values are added to the recipe's ``model_args``.
     Errors name the file and the option."""
-    from supportprune.recipe import load_recipe, resolve_recipe, with_overrides
+    from supportprune.inputs.recipe import load_recipe, resolve_recipe, with_overrides
 
     recipe_path = resolve_recipe(recipe, model, data)
     loaded = load_recipe(recipe_path)
@@ -206,7 +206,7 @@ def compress(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
     """Dense → Sparse (B-alternation; channels with zero support pruned) → re-Dense; export and benchmark baseline, sparse and dense ONNX models."""
-    from supportprune.compress import compress as run_compress
+    from supportprune.run.compress import compress as run_compress
 
     overrides = {
         "data.source": data, "weights": weights, "seed": seed, "data.input_size": input_size,
@@ -249,7 +249,7 @@ def train_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
     """Train a model by alternating weights and supports (paper section 4.1), or with plain SGD: the same loop, seed and data order for all three."""
-    from supportprune.compress import train
+    from supportprune.run.compress import train
 
     overrides = {
         "data.source": data, "weights": weights, "seed": seed, "data.batch_size": batch_size,
@@ -300,7 +300,7 @@ def recipes(ctx: typer.Context) -> None:
     """List the shipped recipes."""
     if ctx.invoked_subcommand is not None:
         return
-    from supportprune.recipe import load_recipe, shipped_recipes
+    from supportprune.inputs.recipe import load_recipe, shipped_recipes
 
     for name, path in shipped_recipes().items():
         typer.echo(f"{name:12s} {load_recipe(path).description}")
@@ -310,7 +310,7 @@ def recipes(ctx: typer.Context) -> None:
 @friendly_errors
 def recipes_show(name: str = typer.Argument(..., help="shipped recipe name or file")) -> None:
     """Print a recipe, validated and with every default filled in."""
-    from supportprune.recipe import load_recipe, shipped_recipes
+    from supportprune.inputs.recipe import load_recipe, shipped_recipes
 
     path = shipped_recipes().get(name, Path(name))
     typer.echo(load_recipe(path).to_yaml(), nl=False)
@@ -325,10 +325,10 @@ def export_run(
     """Re-export a finished run's baseline, sparse and dense models to ONNX (checked against PyTorch)."""
     import yaml
 
-    from supportprune.compress import RunLayout, export_models, load_run_models
-    from supportprune.data import load_data, make_loaders
-    from supportprune.recipe import recipe_from_dict
-    from supportprune.train import choose_device
+    from supportprune.run.compress import RunLayout, export_models, load_run_models
+    from supportprune.inputs.data import load_data, make_loaders
+    from supportprune.inputs.recipe import recipe_from_dict
+    from supportprune.run.training_loop import choose_device
 
     layout = RunLayout(run_dir)
     _ErrorLog.use_run_dir(run_dir)
@@ -356,7 +356,7 @@ def bench(
     """Benchmark ONNX models with ONNX Runtime: median and p90 latency, throughput, and speed against MACs.
 
     fp16 models (exported with export.fp16) are fed fp16 inputs. On a GPU the input is bound on the device."""
-    from supportprune.bench import benchmark_side_by_side, realised_markdown, realised_speedups, results_markdown, write_benchmark
+    from supportprune.deploy.benchmark import benchmark_side_by_side, realised_markdown, realised_speedups, results_markdown, write_benchmark
 
     sizes = _ints(batch_sizes, "--batch-sizes")
     if len({path.stem for path in models}) < len(models):

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from supportprune.atomic import atomic_write_bytes, atomic_write_text
+from supportprune.run.atomic import atomic_write_bytes, atomic_write_text
 from supportprune.errors import SupportpruneError
-from supportprune.plotting import plots_unavailable, skipped_plots_note
-from supportprune.recipe import Recipe, with_overrides
+from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
+from supportprune.inputs.recipe import Recipe, with_overrides
 
 ALTERNATIONS = ("none", "instance", "batch")
 TABLE8_RUNS = (("magnitude", "DSD (magnitude)"), ("support-instance", "DSD (I-alternation)"), ("support-batch", "DSD (B-alternation)"))
@@ -109,7 +109,7 @@ def _run_dir(plan: ExperimentPlan, name: str) -> Path:
 
 
 def _train_run(plan, recipe, alternation, seed, message, reporter) -> dict[str, Any]:
-    from supportprune.compress import RunLayout, train
+    from supportprune.run.compress import RunLayout, train
 
     name = f"train-{alternation}-seed{seed}"
     layout = RunLayout(_run_dir(plan, name))
@@ -121,7 +121,7 @@ def _train_run(plan, recipe, alternation, seed, message, reporter) -> dict[str, 
 
 
 def _compress_run(plan, recipe, name, message, reporter, overrides) -> dict[str, Any]:
-    from supportprune.compress import RunLayout, compress
+    from supportprune.run.compress import RunLayout, compress
 
     layout = RunLayout(_run_dir(plan, name))
     resolved = with_overrides(recipe, overrides, "experiment")
@@ -151,8 +151,8 @@ def reuse_or_set_aside(root: Path, key: dict[str, Any], message: Callable[[str],
     run made under another key (another model, recipe, step cap or starting model) is moved aside whole, to
     ``root.1`` (``root.2``, ...), and the key is written down before the run starts, so an interrupted run
     resumes only into the same settings."""
-    from supportprune.compress import RunLayout
-    from supportprune.run_aside import move_aside
+    from supportprune.run.compress import RunLayout
+    from supportprune.run.run_aside import move_aside
 
     layout = RunLayout(root)
     key_path = root / RUN_KEY_FILE
@@ -185,8 +185,8 @@ def _kept_macs(result: dict[str, Any]) -> float:
 def _matching_sparsity(plan: ExperimentPlan, support: dict[str, Any]) -> float:
     """The per-layer magnitude sparsity that removes as many weights as the support's channel pruning
     removed parameters (the comparison at equal parameters; the MACs of an unstructured model do not drop)."""
-    from supportprune.criteria import sparsity_matching_parameters
-    from supportprune.models import ModelSpec, build_model
+    from supportprune.method.criteria import sparsity_matching_parameters
+    from supportprune.inputs.models import ModelSpec, build_model
 
     spec = ModelSpec(**support["spec"])
     removed = support["baseline_params"] - support["alternations"][-1]["params"]

@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from supportprune import dsd
-from supportprune.allocation import LayerShape, latency_aware_keep_masks, layer_shapes, predicted_latency
+from supportprune.method import dsd
+from supportprune.method.allocation import LayerShape, latency_aware_keep_masks, layer_shapes, predicted_latency
 from supportprune.errors import SupportpruneError
-from supportprune.latency import LatencyTable, LayerGrid, grid_widths, layer_model_bytes, measure_latency_table
-from supportprune.pruning import apply_keep_masks, count_macs_params, prune_to_keep_masks
-from supportprune.recipe import SparseConfig
-from supportprune.support import convert_relus, support_sites
+from supportprune.deploy.latency_table import LatencyTable, LayerGrid, grid_widths, layer_model_bytes, measure_latency_table
+from supportprune.method.pruning import apply_keep_masks, count_macs_params, prune_to_keep_masks
+from supportprune.inputs.recipe import SparseConfig
+from supportprune.method.support import convert_relus, support_sites
 from tiny_models import BiasFreeChain, TinyConcatNet, TinyResNet
 
 
@@ -214,7 +214,7 @@ def test_measured_table_covers_every_layer_and_round_trips(tmp_path):
 
 
 def test_table_takes_the_fixed_cost_of_a_run_off_every_layer(monkeypatch):
-    import supportprune.latency as latency
+    import supportprune.deploy.latency_table as latency
 
     shapes = {"conv": LayerShape("conv", "conv", 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1, (4, 4), (4, 4))}
     timed = []

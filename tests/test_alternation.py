@@ -7,19 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from supportprune.alternation import (
+from supportprune.method.alternation import (
     estimate_instance_supports,
     instance_support_mask,
     majority_supports,
     recalibrate_batch_norm,
     support_dims,
 )
-from supportprune.data import DataSplits, make_loaders, reseed_epoch
-from supportprune.mask_store import InstanceMaskStore, MaskBudgetError, choose_storage, required_bytes
-from supportprune.support import convert_relus, fix_supports, release_supports, set_site_mode, support_sites
+from supportprune.inputs.data import DataSplits, make_loaders, reseed_epoch
+from supportprune.run.stored_supports import InstanceMaskStore, MaskBudgetError, choose_storage, required_bytes
+from supportprune.method.support import convert_relus, fix_supports, release_supports, set_site_mode, support_sites
 from supportprune.theory.lifted import stacked_two_layer_U
 from supportprune.theory.separation import separated_v
-from supportprune.train import train_epoch
+from supportprune.run.training_loop import train_epoch
 from tests.tiny_models import BiasFreeChain, TinyResNet
 
 

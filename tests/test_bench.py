@@ -7,8 +7,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-import supportprune.bench as bench
-from supportprune.bench import BenchResult, benchmark_onnx, results_markdown, select_providers, write_benchmark
+import supportprune.deploy.benchmark as bench
+from supportprune.deploy.benchmark import BenchResult, benchmark_onnx, results_markdown, select_providers, write_benchmark
 from supportprune.errors import SupportpruneError
 
 
@@ -97,7 +97,7 @@ def test_corrupt_or_missing_model_names_the_file(tmp_path):
 
 
 def test_onnx_macs_counts_convolutions_and_matrix_products_by_hand(tmp_path):
-    from supportprune.export import export_onnx
+    from supportprune.deploy.export import export_onnx
     from tiny_models import BiasFreeChain
 
     model = BiasFreeChain().eval()

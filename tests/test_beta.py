@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from supportprune import dsd
-from supportprune.recipe import RecipeError, recipe_from_dict
-from supportprune.support import convert_relus, support_sites
+from supportprune.method import dsd
+from supportprune.inputs.recipe import RecipeError, recipe_from_dict
+from supportprune.method.support import convert_relus, support_sites
 from tests.tiny_models import TinyResNet
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from supportprune import atomic
-from supportprune.checkpoint import (
+from supportprune.run import atomic
+from supportprune.run.checkpoint import (
     CorruptCheckpointError, UnreadableCheckpointError, load_latest, read_checkpoint, save_checkpoint,
 )
 

@@ -9,10 +9,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from supportprune.checkpoint import read_checkpoint
+from supportprune.run.checkpoint import read_checkpoint
 from supportprune.cli import app
 from tests.cli_helpers import one_line_error, write_recipe
-from supportprune.recipe import load_recipe, shipped_recipes
+from supportprune.inputs.recipe import load_recipe, shipped_recipes
 
 runner = CliRunner()
 

@@ -12,11 +12,11 @@ import torch.fx as fx
 import torchvision
 from torch import nn
 
-from supportprune import dsd
+from supportprune.method import dsd
 from supportprune.errors import SupportpruneError
-from supportprune.export import export_onnx
-from supportprune.pruning import apply_keep_masks, plan_keep_masks, prune_to_keep_masks
-from supportprune.support import SupportSite, TraceError, convert_relus, export_ready, support_sites
+from supportprune.deploy.export import export_onnx
+from supportprune.method.pruning import apply_keep_masks, plan_keep_masks, prune_to_keep_masks
+from supportprune.method.support import SupportSite, TraceError, convert_relus, export_ready, support_sites
 from user_models import DataDependentBatch, Functional, GeluNet, MobileNetStyle, Nested, Reused, ShapeChecked
 
 # Hand-counted call sites: (name, channels, in-place, upper clamp) in module order.
@@ -205,5 +205,5 @@ def test_resnet18_without_fx_gives_the_sites_of_the_fx_path(monkeypatch):
 
 def test_convert_module_imports_on_its_own():
     """support.py re-exports convert_relus lazily: importing convert.py first must not be circular."""
-    code = "import supportprune.convert as c, supportprune.support as s; assert s.convert_relus is c.convert_relus"
+    code = "import supportprune.method.convert as c, supportprune.method.support as s; assert s.convert_relus is c.convert_relus"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,9 +12,9 @@ import torch_pruning as tp
 from torch import nn
 from typer.testing import CliRunner
 
-from supportprune import dsd
+from supportprune.method import dsd
 from supportprune.cli import app
-from supportprune.criteria import (
+from supportprune.method.criteria import (
     REGISTRY,
     channel_scores,
     make_criterion,
@@ -23,9 +23,9 @@ from supportprune.criteria import (
     prunable_weights,
     sparsity_matching_parameters,
 )
-from supportprune.criteria.gradients import TaylorCriterion
-from supportprune.criteria.support_statistics import support_statistic
-from supportprune.pruning import (
+from supportprune.method.criteria.gradients import TaylorCriterion
+from supportprune.method.criteria.support_statistics import support_statistic
+from supportprune.method.pruning import (
     apply_keep_masks,
     count_macs_params,
     dependency_graph,
@@ -34,8 +34,8 @@ from supportprune.pruning import (
     search_relative_threshold,
     site_groups,
 )
-from supportprune.recipe import CHANNEL_CRITERIA, CRITERIA, SparseConfig
-from supportprune.support import convert_relus, set_site_mode, support_sites
+from supportprune.inputs.recipe import CHANNEL_CRITERIA, CRITERIA, SparseConfig
+from supportprune.method.support import convert_relus, set_site_mode, support_sites
 from tests.cli_helpers import write_recipe
 from tests.tiny_models import TinyConcatNet, TinyResNet
 
@@ -198,7 +198,7 @@ def test_support_statistics_prune_to_the_target(statistic):
 def test_latency_allocation_takes_any_criterions_scores(criterion):
     """With a table that predicts time as MACs, the latency allocation halves the predicted time on the
     criterion's scores."""
-    from supportprune.allocation import layer_shapes
+    from supportprune.method.allocation import layer_shapes
 
     model = _tiny_resnet()
     shapes = layer_shapes(model, EXAMPLE)

@@ -1,4 +1,4 @@
-"""Tests for supportprune.data: sources, conversions, errors and loaders."""
+"""Tests for supportprune.inputs.data: sources, conversions, errors and loaders."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from supportprune.data import DataSplits, load_data, make_loaders, read_idx
+from supportprune.inputs.data import DataSplits, load_data, make_loaders, read_idx
 from supportprune.errors import SupportpruneError
 
 GRAY = dict(mean=[0.5], std=[0.25])
@@ -391,7 +391,7 @@ def test_make_loaders_deterministic_with_workers(tmp_path: Path) -> None:
 
 
 def test_lazy_resize_matches_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import supportprune.data as data
+    import supportprune.inputs.data as data
 
     write_fashion_dir(tmp_path)
     eager = load_data(f"fashion-mnist:{tmp_path}", input_size=40, **GRAY)
@@ -402,7 +402,7 @@ def test_lazy_resize_matches_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_global_batches_split_over_ranks_and_resume_mid_epoch():
-    from supportprune.data import GlobalBatchSampler
+    from supportprune.inputs.data import GlobalBatchSampler
 
     single = GlobalBatchSampler(50, 8, seed=4)
     ranks = [GlobalBatchSampler(50, 8, seed=4, rank=r, world_size=2) for r in range(2)]

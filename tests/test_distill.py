@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from supportprune.distill import DistillationLoss, distillation_loss
-from supportprune.recipe import RecipeError, recipe_from_dict
-from supportprune.train import cross_entropy_loss
+from supportprune.method.distill import DistillationLoss, distillation_loss
+from supportprune.inputs.recipe import RecipeError, recipe_from_dict
+from supportprune.run.training_loop import cross_entropy_loss
 
 
 def _softmax(row: list[float], t: float) -> list[float]:

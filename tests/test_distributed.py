@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from supportprune.checkpoint import read_checkpoint
-from supportprune.support import SupportSite, batch_support_mask
+from supportprune.run.checkpoint import read_checkpoint
+from supportprune.method.support import SupportSite, batch_support_mask
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -133,7 +133,7 @@ def test_distributed_i_alternation_trains_like_one_process(tmp_path):
 
 
 def _global_bn_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    from supportprune.sync_batch_norm import use_global_batch_statistics
+    from supportprune.run.sync_batch_norm import use_global_batch_statistics
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -212,8 +212,8 @@ def _rng_worker(rank: int, world_size: int, port: int, out_dir: str, recipe_path
     sys.path.insert(0, str(Path(__file__).parent))  # tiny_models
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
-    import supportprune.compress as compress
-    from supportprune.recipe import load_recipe
+    import supportprune.run.compress as compress
+    from supportprune.inputs.recipe import load_recipe
 
     seed_everything, save, resume = compress.seed_everything, compress._Run._save, compress._Run._resume
     seen = {}

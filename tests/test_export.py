@@ -10,9 +10,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-import supportprune.export as export
+import supportprune.deploy.export as export
 from supportprune.errors import SupportpruneError
-from supportprune.export import ExportCheck, export_onnx
+from supportprune.deploy.export import ExportCheck, export_onnx
 
 
 class ConvBnRelu(nn.Module):
@@ -81,7 +81,7 @@ def traced_with_thresholds() -> fx.GraphModule:
 
 def with_support_sites() -> nn.Module:
     """TinyNet as the compressor hands it over: every ReLU a SupportSite with β > 0 and pruned channels."""
-    from supportprune.support import convert_relus, support_sites
+    from supportprune.method.support import convert_relus, support_sites
 
     model = convert_relus(randomize_bn(TinyNet()), images(2))
     for _, site in support_sites(model):

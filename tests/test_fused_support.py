@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from supportprune.support import (
+from supportprune.method.support import (
     SupportSite,
     batch_support_mask,
     batch_unit_energy,

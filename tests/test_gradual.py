@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from supportprune import dsd
-from supportprune.pruning import count_macs_params
-from supportprune.recipe import RecipeError, SparseConfig, recipe_from_dict
-from supportprune.support import convert_relus
+from supportprune.method import dsd
+from supportprune.method.pruning import count_macs_params
+from supportprune.inputs.recipe import RecipeError, SparseConfig, recipe_from_dict
+from supportprune.method.support import convert_relus
 from tests.tiny_models import TinyConcatNet
 
 

@@ -8,8 +8,8 @@ import torch
 import torchvision
 
 from supportprune.errors import SupportpruneError
-from supportprune.models import ModelSpec, build_model
-from supportprune.support import convert_relus
+from supportprune.inputs.models import ModelSpec, build_model
+from supportprune.method.support import convert_relus
 
 
 def test_torchvision_model_adapts_head_and_input_channels():

@@ -7,8 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from supportprune import dsd
-from supportprune.pruning import (
+from supportprune.method import dsd
+from supportprune.method.pruning import (
     apply_keep_masks,
     count_macs_params,
     plan_keep_masks,
@@ -17,8 +17,8 @@ from supportprune.pruning import (
     search_relative_threshold,
     zero_pruned_connections,
 )
-from supportprune.recipe import SparseConfig
-from supportprune.support import convert_relus, support_sites
+from supportprune.inputs.recipe import SparseConfig
+from supportprune.method.support import convert_relus, support_sites
 from tiny_models import BiasFreeChain, TinyConcatNet, TinyResNet
 
 

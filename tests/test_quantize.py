@@ -8,13 +8,13 @@ import onnx
 import pytest
 import torch
 
-from supportprune import quantize
-from supportprune.bench import onnx_macs, onnx_precision
-from supportprune.compress import RunLayout, export_models
-from supportprune.export import export_onnx
-from supportprune.models import ModelSpec
-from supportprune.quantize import agreement_warning, calibration_batches, onnx_top1_agreement, quantize_int8
-from supportprune.recipe import ExportConfig, Recipe
+from supportprune.deploy import quantize
+from supportprune.deploy.benchmark import onnx_macs, onnx_precision
+from supportprune.run.compress import RunLayout, export_models
+from supportprune.deploy.export import export_onnx
+from supportprune.inputs.models import ModelSpec
+from supportprune.deploy.quantize import agreement_warning, calibration_batches, onnx_top1_agreement, quantize_int8
+from supportprune.inputs.recipe import ExportConfig, Recipe
 from tests.tiny_models import TinyResNet
 
 
@@ -108,7 +108,7 @@ def test_export_models_records_int8_agreement_and_warns_below_the_bound(tmp_path
 
 
 def test_recipe_rejects_no_calibration_images():
-    from supportprune.recipe import RecipeError, recipe_from_dict
+    from supportprune.inputs.recipe import RecipeError, recipe_from_dict
 
     with pytest.raises(RecipeError, match="export.calibration_images: must be >= 1"):
         recipe_from_dict({"version": 1, "export": {"int8": True, "calibration_images": 0}})

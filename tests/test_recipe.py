@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from supportprune.recipe import (
+from supportprune.inputs.recipe import (
     Recipe,
     RecipeError,
     load_recipe,
@@ -101,7 +101,7 @@ def test_resolve_recipe():
 
 
 def test_a_run_saved_before_an_option_existed_still_matches(tmp_path):
-    from supportprune.recipe import same_recipe
+    from supportprune.inputs.recipe import same_recipe
 
     recipe = load_recipe(shipped_recipes()["embedded"])
     saved = recipe.to_dict()

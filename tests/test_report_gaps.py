@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from supportprune import experiment
-from supportprune.report import write_train_report
+from supportprune.reports.run_report import write_train_report
 from supportprune.theory.report import run_theory
 
 

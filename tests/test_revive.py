@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from supportprune import dsd
-from supportprune.pruning import apply_keep_masks
-from supportprune.recipe import RecipeError, recipe_from_dict
-from supportprune.support import convert_relus, support_sites
+from supportprune.method import dsd
+from supportprune.method.pruning import apply_keep_masks
+from supportprune.inputs.recipe import RecipeError, recipe_from_dict
+from supportprune.method.support import convert_relus, support_sites
 
 PRUNED = [1, 4]  # channels of the first site
 
@@ -106,8 +106,8 @@ def test_compress_runs_with_the_new_options(tmp_path):
     and restored channels; the points meet their scheduled targets and the checkpoint keeps the weights."""
     import json
 
-    from supportprune.checkpoint import read_checkpoint
-    from supportprune.compress import compress
+    from supportprune.run.checkpoint import read_checkpoint
+    from supportprune.run.compress import compress
 
     recipe = recipe_from_dict({
         "seed": 3, "data": {"source": "embedded", "input_size": 12, "batch_size": 32},

@@ -13,14 +13,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from supportprune.checkpoint import _MAGIC, read_checkpoint
+from supportprune.run.checkpoint import _MAGIC, read_checkpoint
 from supportprune.cli import app
-from supportprune.compress import RunLayout, RunState, _save
+from supportprune.run.compress import RunLayout, RunState, _save
 from supportprune.errors import SupportpruneError
-from supportprune.latency import LatencyTable
-from supportprune.mask_store import InstanceMaskStore
-from supportprune.recipe import PhaseConfig
-from supportprune.train import make_optimizer, make_scheduler
+from supportprune.deploy.latency_table import LatencyTable
+from supportprune.run.stored_supports import InstanceMaskStore
+from supportprune.inputs.recipe import PhaseConfig
+from supportprune.run.training_loop import make_optimizer, make_scheduler
 from tests.cli_helpers import one_line_error, write_recipe
 from tests.test_cli import TINY_RECIPE
 from tests.tiny_models import TinyResNet

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from supportprune.support import (
+from supportprune.method.support import (
     SupportSite,
     batch_support_mask,
     batch_unit_energy,

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from supportprune.checkpoint import read_checkpoint
+from supportprune.run.checkpoint import read_checkpoint
 from supportprune.cli import app
 from tests.cli_helpers import one_line_error, write_recipe
-from supportprune.criteria import prunable_weights
-from supportprune.models import ModelSpec, build_model
-from supportprune.pruning import apply_keep_masks, count_macs_params, prune_to_keep_masks
-from supportprune.support import convert_relus
+from supportprune.method.criteria import prunable_weights
+from supportprune.inputs.models import ModelSpec, build_model
+from supportprune.method.pruning import apply_keep_masks, count_macs_params, prune_to_keep_masks
+from supportprune.method.support import convert_relus
 
 runner = CliRunner()
 

@@ -10,10 +10,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from supportprune.cli import _model_args, app
-from supportprune.data import load_data, resolve_resize
+from supportprune.inputs.data import load_data, resolve_resize
 from supportprune.errors import SupportpruneError
-from supportprune.models import ModelSpec, build_model
-from supportprune.recipe import load_recipe
+from supportprune.inputs.models import ModelSpec, build_model
+from supportprune.inputs.recipe import load_recipe
 from tests.cli_helpers import one_line_error, write_recipe
 
 runner = CliRunner()
@@ -69,7 +69,7 @@ def test_forward_rejecting_the_input_size_names_the_shape_and_the_option(tmp_pat
 def test_unexpected_error_is_one_line_and_logged(tmp_path, monkeypatch):
     import functools
 
-    import supportprune.compress as compress_module
+    import supportprune.run.compress as compress_module
 
     # A failure inside supportprune's own call chain (a builtin called wrongly: no frame of the user's code).
     monkeypatch.setattr(compress_module, "count_macs_params", functools.partial(divmod, 1))

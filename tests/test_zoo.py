@@ -12,11 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from supportprune.checkpoint import read_checkpoint
+from supportprune.run.checkpoint import read_checkpoint
 from supportprune.cli import app
-from supportprune.compress import RunLayout, load_run_models
-from supportprune.convert import convert_relus
-from supportprune.models import build_model
+from supportprune.run.compress import RunLayout, load_run_models
+from supportprune.method.convert import convert_relus
+from supportprune.inputs.models import build_model
 from tests.cli_helpers import write_recipe
 
 runner = CliRunner()

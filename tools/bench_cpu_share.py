@@ -4,7 +4,7 @@ small and a large batch, fp32 and int8 side by side.
 
 Per model, the dense network and its pruned variants (``tools/bench_pruned.py``'s ``pruned_variant``: supports
 observed with B-alternation on Gaussian calibration batches, cut by one global threshold or by the layer
-latency table) are exported, optionally quantized to static QDQ int8 (``supportprune.quantize``), and timed
+latency table) are exported, optionally quantized to static QDQ int8 (``supportprune.deploy.quantize``), and timed
 side by side in interleaved rounds (``benchmark_side_by_side``): ratios stay honest on a loaded machine.
 Timing depends on channel counts, not on which channels survive, so random weights are used.
 
@@ -38,14 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pruned import print_and_write, pruned_variant  # noqa: E402
-from supportprune.allocation import layer_shapes  # noqa: E402
-from supportprune.bench import benchmark_side_by_side, environment, open_session  # noqa: E402
-from supportprune.export import export_onnx  # noqa: E402
-from supportprune.latency import measure_latency_table  # noqa: E402
-from supportprune.models import ModelSpec, build_model  # noqa: E402
-from supportprune.pruning import count_macs_params  # noqa: E402
-from supportprune.quantize import quantize_int8  # noqa: E402
-from supportprune.support import TraceError, convert_relus, export_ready  # noqa: E402
+from supportprune.method.allocation import layer_shapes  # noqa: E402
+from supportprune.deploy.benchmark import benchmark_side_by_side, environment, open_session  # noqa: E402
+from supportprune.deploy.export import export_onnx  # noqa: E402
+from supportprune.deploy.latency_table import measure_latency_table  # noqa: E402
+from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402
+from supportprune.method.pruning import count_macs_params  # noqa: E402
+from supportprune.deploy.quantize import quantize_int8  # noqa: E402
+from supportprune.method.support import TraceError, convert_relus, export_ready  # noqa: E402
 
 
 def l1_variant(model, example, target: float, round_to: int):
@@ -184,8 +184,8 @@ def trained_run_text(run_dir: Path, batch_sizes, args) -> str:
     images, and their throughput side by side."""
     import yaml
 
-    from supportprune.data import load_data, make_loaders
-    from supportprune.recipe import recipe_from_dict
+    from supportprune.inputs.data import load_data, make_loaders
+    from supportprune.inputs.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir / "recipe.yaml"))
     data = load_data(recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean,

@@ -26,9 +26,9 @@ def worker(args: argparse.Namespace) -> None:
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
 
-    from supportprune.distributed import cluster_device, init_cluster, shutdown_cluster
-    from supportprune.models import ModelSpec, build_model
-    from supportprune.support import convert_relus, set_site_mode
+    from supportprune.run.distributed import cluster_device, init_cluster, shutdown_cluster
+    from supportprune.inputs.models import ModelSpec, build_model
+    from supportprune.method.support import convert_relus, set_site_mode
 
     cluster = init_cluster(args.device)
     device = torch.device(cluster_device(cluster, args.device) if args.device != "auto" else

@@ -24,16 +24,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supportprune import dsd  # noqa: E402
-from supportprune.allocation import layer_shapes  # noqa: E402
-from supportprune.atomic import atomic_write_text  # noqa: E402
-from supportprune.bench import TUNED_CUDA_OPTIONS, benchmark_side_by_side, environment  # noqa: E402
-from supportprune.latency import measure_latency_table  # noqa: E402
-from supportprune.export import export_onnx  # noqa: E402
-from supportprune.models import ModelSpec, build_model  # noqa: E402
-from supportprune.pruning import count_macs_params  # noqa: E402
-from supportprune.recipe import SparseConfig  # noqa: E402
-from supportprune.support import convert_relus, export_ready  # noqa: E402
+from supportprune.method import dsd  # noqa: E402
+from supportprune.method.allocation import layer_shapes  # noqa: E402
+from supportprune.run.atomic import atomic_write_text  # noqa: E402
+from supportprune.deploy.benchmark import TUNED_CUDA_OPTIONS, benchmark_side_by_side, environment  # noqa: E402
+from supportprune.deploy.latency_table import measure_latency_table  # noqa: E402
+from supportprune.deploy.export import export_onnx  # noqa: E402
+from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402
+from supportprune.method.pruning import count_macs_params  # noqa: E402
+from supportprune.inputs.recipe import SparseConfig  # noqa: E402
+from supportprune.method.support import convert_relus, export_ready  # noqa: E402
 
 
 def pruned_variant(model, example, target: float, round_to: int, calibration: list[torch.Tensor],

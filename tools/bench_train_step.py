@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from supportprune.models import ModelSpec, build_model  # noqa: E402
-from supportprune.support import convert_relus, set_site_mode, support_sites  # noqa: E402
+from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402
+from supportprune.method.support import convert_relus, set_site_mode, support_sites  # noqa: E402
 
 VARIANTS = ("plain", "naive", "fused")
 

@@ -10,7 +10,7 @@ Then ``supportprune compress resnet18 --weights starting-points/resnet18.pt ...`
 
 Resumable: every epoch ends in a checkpoint (``starting-points/work/NAME/last.pt``); running the same
 command again continues the unfinished model and skips the finished ones (``--force`` retrains).
-The loop is the package's own (``supportprune.train``): plain SGD with ReLU, the recipe's ``train``
+The loop is the package's own (``supportprune.run.training_loop``): plain SGD with ReLU, the recipe's ``train``
 section (recipes/starting-points.yaml), no supports (the dense model that DSD starts from).
 """
 
@@ -32,13 +32,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supportprune.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
-from supportprune.checkpoint import read_checkpoint, save_checkpoint  # noqa: E402
-from supportprune.data import load_data, make_loaders, reseed_epoch  # noqa: E402
+from supportprune.run.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from supportprune.run.checkpoint import read_checkpoint, save_checkpoint  # noqa: E402
+from supportprune.inputs.data import load_data, make_loaders, reseed_epoch  # noqa: E402
 from supportprune.errors import SupportpruneError  # noqa: E402
-from supportprune.models import ModelSpec, build_model  # noqa: E402
-from supportprune.recipe import load_recipe  # noqa: E402
-from supportprune.train import evaluate, make_optimizer, make_scheduler, seed_everything, train_epoch  # noqa: E402
+from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402
+from supportprune.inputs.recipe import load_recipe  # noqa: E402
+from supportprune.run.training_loop import evaluate, make_optimizer, make_scheduler, seed_everything, train_epoch  # noqa: E402
 
 # The compute budget on two CPU cores shared with other work (measured while shared: ~20 s a step of 128
 # images for resnet18, ~30 s for mobilenet_v2; alone perhaps a tenth of that). resnet18 (~37 MMACs per

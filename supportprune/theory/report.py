@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from supportprune.atomic import atomic_write_bytes, atomic_write_text
-from supportprune.plotting import plots_unavailable, skipped_plots_note
+from supportprune.run.atomic import atomic_write_bytes, atomic_write_text
+from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
 from supportprune.theory import experiments as ex
 from supportprune.theory import verdicts
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from supportprune.allocation import LayerLatency, latency_aware_keep_masks, predicted_latency
-from supportprune.criteria import Criterion, apply_weight_masks, magnitude_masks, make_criterion, nonzero_parameters
-from supportprune.pruning import (
+from supportprune.method.allocation import LayerLatency, latency_aware_keep_masks, predicted_latency
+from supportprune.method.criteria import Criterion, apply_weight_masks, magnitude_masks, make_criterion, nonzero_parameters
+from supportprune.method.pruning import (
     apply_keep_masks,
     count_macs_params,
     plan_keep_masks,
@@ -32,8 +32,8 @@ from supportprune.pruning import (
     search_relative_threshold,
     zero_pruned_connections,
 )
-from supportprune.recipe import SparseConfig
-from supportprune.support import SupportSite, reset_support_stats, set_site_mode, support_sites
+from supportprune.inputs.recipe import SparseConfig
+from supportprune.method.support import SupportSite, reset_support_stats, set_site_mode, support_sites
 
 
 @dataclass(frozen=True)

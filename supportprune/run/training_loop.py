@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from supportprune.errors import SupportpruneError
-from supportprune.recipe import PhaseConfig
+from supportprune.inputs.recipe import PhaseConfig
 
 
 class DivergedError(SupportpruneError):

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from supportprune.errors import SupportpruneError
-from supportprune.support import SupportSite
+from supportprune.method.support import SupportSite
 
 RELU6_UPPER = 6.0
 _RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)

@@ -235,7 +235,7 @@ class ExportConfig:
     check_batch: int = 16
     fp16: bool = False  # also export (and benchmark) half-precision models, <kind>.fp16.onnx
     agreement_images: int = 1000  # validation images on which fp16 and int8 top-1 are compared with fp32
-    int8: bool = False  # also export (and benchmark) static QDQ int8 models, <kind>.int8.onnx (supportprune/quantize.py)
+    int8: bool = False  # also export (and benchmark) static QDQ int8 models, <kind>.int8.onnx (supportprune/deploy/quantize.py)
     calibration_images: int = 256  # training images that calibrate the int8 activation ranges
 
     def __post_init__(self) -> None:
@@ -339,7 +339,7 @@ def same_recipe(path: str | Path, recipe: Recipe) -> bool:
 def with_resolved_preprocessing(recipe: Recipe) -> Recipe:
     """``recipe`` with ``data.resize_to`` and ``data.crop_fraction`` made explicit for its data source, as a run
     records them (a run saved before these keys existed resolves to what it did)."""
-    from supportprune.data import resolve_resize
+    from supportprune.inputs.data import resolve_resize
 
     data = recipe.data
     try:
@@ -454,8 +454,9 @@ def _coerce(hint: Any, value: Any, origin: str, key: str) -> Any:
 
 def recipes_dir() -> Path:
     """Shipped recipes: ``supportprune/recipes`` in an installed wheel, ``recipes/`` in a source checkout."""
-    packaged = Path(__file__).parent / "recipes"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "recipes"
+    package = Path(__file__).resolve().parent.parent  # supportprune/, this module being in supportprune/inputs/
+    packaged = package / "recipes"
+    return packaged if packaged.is_dir() else package.parent / "recipes"
 
 
 def shipped_recipes() -> dict[str, Path]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from supportprune.criteria.base import Criterion
-from supportprune.criteria.support_statistics import support_statistic
+from supportprune.method.criteria.base import Criterion
+from supportprune.method.criteria.support_statistics import support_statistic
 
 
 class BatchSupportCriterion(Criterion):

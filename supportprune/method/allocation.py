@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from supportprune.pruning import (
+from supportprune.method.pruning import (
     apply_keep_masks,
     count_macs_params,
     dependency_graph,
@@ -33,7 +33,7 @@ from supportprune.pruning import (
     rounded_keep_count,
     site_groups,
 )
-from supportprune.support import support_sites
+from supportprune.method.support import support_sites
 
 LayerLatency = Callable[[str, int, int], float]
 

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from supportprune.atomic import atomic_write_bytes
+from supportprune.run.atomic import atomic_write_bytes
 from supportprune.errors import SupportpruneError
 
 MIN_AGREEMENT = 0.99  # int8 top-1 must match fp32 on at least this share of validation images

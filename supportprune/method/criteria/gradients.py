@@ -23,8 +23,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from supportprune.criteria.base import Criterion
-from supportprune.criteria.importance import group_scores
+from supportprune.method.criteria.base import Criterion
+from supportprune.method.criteria.importance import group_scores
 
 
 @contextmanager

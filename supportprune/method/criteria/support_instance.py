@@ -8,7 +8,7 @@ decision is then the B-alternation criterion's, on those statistics.
 
 from __future__ import annotations
 
-from supportprune.criteria.support_batch import BatchSupportCriterion
+from supportprune.method.criteria.support_batch import BatchSupportCriterion
 
 
 class InstanceSupportCriterion(BatchSupportCriterion):

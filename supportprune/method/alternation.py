@@ -20,7 +20,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from supportprune.support import Granularity, SupportSite, _per_channel, support_sites
+from supportprune.method.support import Granularity, SupportSite, _per_channel, support_sites
 
 
 def instance_unit_energy(x: Tensor, granularity: Granularity) -> Tensor:

@@ -23,9 +23,9 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from supportprune.criteria.base import Criterion
-from supportprune.pruning import SiteGroup, dependency_graph, site_groups
-from supportprune.support import support_sites
+from supportprune.method.criteria.base import Criterion
+from supportprune.method.pruning import SiteGroup, dependency_graph, site_groups
+from supportprune.method.support import support_sites
 
 # recipe name → torch-pruning importance (called on a group, returns a score per root channel)
 WEIGHT_IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {

@@ -24,28 +24,30 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from supportprune import __version__, dsd
-from supportprune.alternation import (
+from supportprune import __version__
+
+from supportprune.method import dsd
+from supportprune.method.alternation import (
     estimate_instance_supports,
     majority_supports,
     recalibrate_batch_norm,
     support_dims,
 )
-from supportprune.atomic import atomic_write_text
-from supportprune.checkpoint import load_latest, save_checkpoint
-from supportprune.criteria import Criterion, apply_weight_masks, make_criterion, prunable_weights
-from supportprune.data import load_data, make_loaders, reseed_epoch
-from supportprune.distill import DistillationLoss
+from supportprune.run.atomic import atomic_write_text
+from supportprune.run.checkpoint import load_latest, save_checkpoint
+from supportprune.method.criteria import Criterion, apply_weight_masks, make_criterion, prunable_weights
+from supportprune.inputs.data import load_data, make_loaders, reseed_epoch
+from supportprune.method.distill import DistillationLoss
 from supportprune.errors import SupportpruneError
-from supportprune.mask_store import InstanceMaskStore, choose_storage
-from supportprune.models import ModelSpec, build_model, check_forward
-from supportprune.pruning import count_macs_params
-from supportprune.quantize import onnx_top1_agreement as top1_agreement
-from supportprune.recipe import PhaseConfig, Recipe, same_recipe, with_resolved_preprocessing
-from supportprune.run_aside import move_aside
-from supportprune.distributed import cluster_device, init_cluster, shutdown_cluster
-from supportprune.sync_batch_norm import use_global_batch_statistics
-from supportprune.support import (
+from supportprune.run.stored_supports import InstanceMaskStore, choose_storage
+from supportprune.inputs.models import ModelSpec, build_model, check_forward
+from supportprune.method.pruning import count_macs_params
+from supportprune.deploy.quantize import onnx_top1_agreement as top1_agreement
+from supportprune.inputs.recipe import PhaseConfig, Recipe, same_recipe, with_resolved_preprocessing
+from supportprune.run.run_aside import move_aside
+from supportprune.run.distributed import cluster_device, init_cluster, shutdown_cluster
+from supportprune.run.sync_batch_norm import use_global_batch_statistics
+from supportprune.method.support import (
     convert_relus,
     export_ready,
     fix_supports,
@@ -56,7 +58,7 @@ from supportprune.support import (
     set_site_mode,
     support_sites,
 )
-from supportprune.train import (
+from supportprune.run.training_loop import (
     DivergedError,
     EpochProgress,
     choose_device,
@@ -349,7 +351,7 @@ class _Run:
         summaries = _finish(self.spec, recipe, self.layout, full_val, self.device, self.reporter, self.train_loader)
         bench = _benchmark(recipe, self.layout, self.reporter)
         seconds = time.perf_counter() - self.started
-        from supportprune.report import write_report
+        from supportprune.reports.run_report import write_report
 
         write_report(self.layout, self.model_name, recipe, self.data.description, summaries, bench, self.state, seconds)
         self.reporter.message(f"report: {self.layout.report}")
@@ -556,7 +558,7 @@ class _Run:
         recalibrate batch norm see the same examples in the same order on every rank."""
         from torch.utils.data import DataLoader
 
-        from supportprune.data import ExampleIndices
+        from supportprune.inputs.data import ExampleIndices
 
         dataset = ExampleIndices(self.data.train) if with_indices else self.data.train
         return DataLoader(dataset, batch_size=self.recipe.data.batch_size, shuffle=False, num_workers=self.recipe.data.workers)
@@ -633,7 +635,7 @@ class _Run:
         if self.cluster.is_main:
             _save_model_state(self.layout.model_state("trained"), self.model)
             self._write_result(result)
-            from supportprune.report import write_train_report
+            from supportprune.reports.run_report import write_train_report
 
             write_train_report(self.layout, self.model_name, self.recipe, self.data.description, self.state, result)
             self.reporter.message(
@@ -710,7 +712,7 @@ class _Run:
 
     def _distillation_loss(self, distill) -> DistillationLoss:
         """The teacher is the model at the end of the Dense step (models/baseline.pt), frozen, in eval mode."""
-        from supportprune.checkpoint import read_checkpoint
+        from supportprune.run.checkpoint import read_checkpoint
 
         teacher = convert_relus(build_model(self.spec, None), self.spec.example_input())
         teacher.load_state_dict(read_checkpoint(self.layout.model_state("baseline"))["model"])
@@ -719,9 +721,9 @@ class _Run:
     def _latency_table(self):
         """The layer latency table for ``allocation: latency``: read back from the run directory when it was
         measured for these layers and settings on the same kind of provider, else measured now (rank 0)."""
-        from supportprune.allocation import layer_shapes
-        from supportprune.bench import gpu_available, select_providers
-        from supportprune.latency import LatencyTable, measure_latency_table
+        from supportprune.method.allocation import layer_shapes
+        from supportprune.deploy.benchmark import gpu_available, select_providers
+        from supportprune.deploy.latency_table import LatencyTable, measure_latency_table
 
         sparse, bench = self.recipe.sparse, self.recipe.bench
         batch_size = sparse.latency_batch_size or max(bench.gpu_batch_sizes if gpu_available() else bench.batch_sizes)
@@ -845,7 +847,7 @@ def _run_info(model_name: str) -> dict[str, Any]:
 
 def load_run_models(layout: RunLayout, device: torch.device | str = "cpu") -> tuple[ModelSpec, dict[str, nn.Module]]:
     """Rebuild the baseline, sparse (physically pruned) and dense models of a finished run."""
-    from supportprune.checkpoint import read_checkpoint
+    from supportprune.run.checkpoint import read_checkpoint
 
     if not layout.run_info.exists() or not layout.recipe.exists():
         raise SupportpruneError(f"{layout.root} is not a supportprune run directory (no run.json / recipe.yaml)")
@@ -875,8 +877,8 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
     """Export each model to ONNX (fp32; fp16 and int8 too when the recipe asks). Reduced-precision exports
     record how often their top-1 agrees with the fp32 model's; int8 is calibrated on ``calibration_loader``
     (training images; the validation images when None) and warns below ``quantize.MIN_AGREEMENT``."""
-    from supportprune.export import export_onnx
-    from supportprune.quantize import agreement_warning, calibration_batches, quantize_int8
+    from supportprune.deploy.export import export_onnx
+    from supportprune.deploy.quantize import agreement_warning, calibration_batches, quantize_int8
 
     check_input = _check_batch(val_loader, recipe.export.check_batch)
     calibration = (calibration_batches(val_loader if calibration_loader is None else calibration_loader,
@@ -923,7 +925,7 @@ def _check_batch(loader, size: int) -> torch.Tensor:
 
 
 def _benchmark(recipe: Recipe, layout: RunLayout, reporter: Reporter) -> list[Any]:
-    from supportprune.bench import (
+    from supportprune.deploy.benchmark import (
         benchmark_side_by_side,
         gpu_available,
         realised_markdown,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from supportprune.criteria.base import Criterion
-from supportprune.criteria.gradients import HessianCriterion, TaylorCriterion
-from supportprune.criteria.importance import WEIGHT_IMPORTANCES, ImportanceCriterion, RandomCriterion
-from supportprune.criteria.magnitude import (
+from supportprune.method.criteria.base import Criterion
+from supportprune.method.criteria.gradients import HessianCriterion, TaylorCriterion
+from supportprune.method.criteria.importance import WEIGHT_IMPORTANCES, ImportanceCriterion, RandomCriterion
+from supportprune.method.criteria.magnitude import (
     MagnitudeCriterion,
     apply_weight_masks,
     magnitude_masks,
@@ -19,9 +19,9 @@ from supportprune.criteria.magnitude import (
     prunable_weights,
     sparsity_matching_parameters,
 )
-from supportprune.criteria.support_batch import BatchSupportCriterion
-from supportprune.criteria.support_instance import InstanceSupportCriterion
-from supportprune.recipe import SparseConfig
+from supportprune.method.criteria.support_batch import BatchSupportCriterion
+from supportprune.method.criteria.support_instance import InstanceSupportCriterion
+from supportprune.inputs.recipe import SparseConfig
 
 # recipe name → strategy, built from the Sparse step's config and the run's seed
 REGISTRY: dict[str, Callable[[SparseConfig, int], Criterion]] = {

@@ -19,11 +19,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from supportprune.allocation import LayerShape
-from supportprune.atomic import atomic_write_text
-from supportprune.bench import make_runner, open_session, session_providers, time_calls
+from supportprune.method.allocation import LayerShape
+from supportprune.run.atomic import atomic_write_text
+from supportprune.deploy.benchmark import make_runner, open_session, session_providers, time_calls
 from supportprune.errors import SupportpruneError
-from supportprune.pruning import rounded_keep_count
+from supportprune.method.pruning import rounded_keep_count
 
 # Widths timed per layer and dimension, as fractions of the full width (0: the narrowest allowed).
 GRID_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)

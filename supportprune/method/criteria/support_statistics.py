@@ -18,8 +18,8 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from supportprune.pruning import SiteGroup, dependency_graph, site_groups
-from supportprune.support import support_sites
+from supportprune.method.pruning import SiteGroup, dependency_graph, site_groups
+from supportprune.method.support import support_sites
 
 CONSUMER_HANDLERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 

@@ -19,7 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from supportprune.support import SupportSite, support_sites
+from supportprune.method.support import SupportSite, support_sites
 
 PRUNABLE_ROOTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

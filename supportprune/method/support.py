@@ -424,7 +424,7 @@ def export_ready(model: nn.Module) -> nn.Module:
     (``nn.ReLU6`` for clamped sites), so runtimes can fuse them into the preceding convolution."""
     import copy
 
-    from supportprune.convert import call_routing, set_submodule
+    from supportprune.method.convert import call_routing, set_submodule
 
     ready = copy.deepcopy(model).eval()
     for name, site in list(support_sites(ready)):
@@ -444,7 +444,7 @@ def __getattr__(name: str):
     """``convert_relus`` and ``TraceError`` live in convert.py (which imports this module); importing
     them from here keeps working."""
     if name in ("convert_relus", "TraceError"):
-        from supportprune import convert
+        from supportprune.method import convert
 
         return getattr(convert, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

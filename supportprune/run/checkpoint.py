@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from supportprune.atomic import atomic_write_bytes
+from supportprune.run.atomic import atomic_write_bytes
 from supportprune.errors import SupportpruneError
 
 _MAGIC = b"SPCKPT1\n"

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from supportprune.criteria.base import Criterion
+from supportprune.method.criteria.base import Criterion
 
 PRUNABLE_WEIGHTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any, Sequence
 
-from supportprune.atomic import atomic_write_bytes, atomic_write_text
-from supportprune.plotting import plots_unavailable, skipped_plots_note
+from supportprune.run.atomic import atomic_write_bytes, atomic_write_text
+from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
 
 
 def _fmt_int(value: float) -> str:
@@ -47,7 +47,7 @@ def write_report(layout, model_name, recipe, data_description, summaries, bench,
     if no_plots is None:
         plots.append(("Training curves", _training_plot(layout, state)))
         plots.append(("Channels kept per support site", _channels_plot(layout, state)))
-    from supportprune.bench import realised_markdown, realised_speedups, results_markdown
+    from supportprune.deploy.benchmark import realised_markdown, realised_speedups, results_markdown
 
     provider = bench[0].provider if bench else "none"
     realised_table = realised_markdown(realised_speedups(bench, "baseline"), "baseline") if bench else "(no benchmark)\n"

@@ -1,0 +1,1 @@
+"""What a run starts from: the recipe, the data and the model."""
