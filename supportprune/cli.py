@@ -325,7 +325,8 @@ def export_run(
     """Re-export a finished run's baseline, sparse and dense models to ONNX (checked against PyTorch)."""
     import yaml
 
-    from supportprune.run.compress import RunLayout, export_models, load_run_models
+    from supportprune.deploy.deliver import export_models, load_run_models
+    from supportprune.run.layout import RunLayout
     from supportprune.inputs.data import load_data, make_loaders
     from supportprune.inputs.recipe import recipe_from_dict
     from supportprune.run.training_loop import choose_device

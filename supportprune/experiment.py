@@ -109,7 +109,8 @@ def _run_dir(plan: ExperimentPlan, name: str) -> Path:
 
 
 def _train_run(plan, recipe, alternation, seed, message, reporter) -> dict[str, Any]:
-    from supportprune.run.compress import RunLayout, train
+    from supportprune.run.compress import train
+    from supportprune.run.layout import RunLayout
 
     name = f"train-{alternation}-seed{seed}"
     layout = RunLayout(_run_dir(plan, name))
@@ -121,7 +122,8 @@ def _train_run(plan, recipe, alternation, seed, message, reporter) -> dict[str, 
 
 
 def _compress_run(plan, recipe, name, message, reporter, overrides) -> dict[str, Any]:
-    from supportprune.run.compress import RunLayout, compress
+    from supportprune.run.compress import compress
+    from supportprune.run.layout import RunLayout
 
     layout = RunLayout(_run_dir(plan, name))
     resolved = with_overrides(recipe, overrides, "experiment")
@@ -151,7 +153,7 @@ def reuse_or_set_aside(root: Path, key: dict[str, Any], message: Callable[[str],
     run made under another key (another model, recipe, step cap or starting model) is moved aside whole, to
     ``root.1`` (``root.2``, ...), and the key is written down before the run starts, so an interrupted run
     resumes only into the same settings."""
-    from supportprune.run.compress import RunLayout
+    from supportprune.run.layout import RunLayout
     from supportprune.run.run_aside import move_aside
 
     layout = RunLayout(root)

@@ -213,9 +213,11 @@ def _rng_worker(rank: int, world_size: int, port: int, out_dir: str, recipe_path
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     import supportprune.run.compress as compress
+    import supportprune.run.engine as engine
+    import supportprune.run.setup as setup
     from supportprune.inputs.recipe import load_recipe
 
-    seed_everything, save, resume = compress.seed_everything, compress._Run._save, compress._Run._resume
+    seed_everything, save, resume = setup.seed_everything, engine.Engine._save, engine.Engine._resume
     seen = {}
 
     def seed_per_rank(seed):  # the ranks draw different random numbers, so their states differ
@@ -230,7 +232,7 @@ def _rng_worker(rank: int, world_size: int, port: int, out_dir: str, recipe_path
         seen["after_resume"] = torch.get_rng_state()
         return saved
 
-    compress.seed_everything, compress._Run._save, compress._Run._resume = seed_per_rank, recording_save, recording_resume
+    setup.seed_everything, engine.Engine._save, engine.Engine._resume = seed_per_rank, recording_save, recording_resume
     compress.train("tiny_models:tiny_plain", load_recipe(recipe_path), Path(out_dir) / "run", device="cpu",
                    max_steps_per_epoch=2)
     torch.save(seen, Path(out_dir) / f"{attempt}-rank{rank}.pt")

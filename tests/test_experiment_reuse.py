@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import supportprune.run.compress
+import supportprune.run.layout
 from supportprune import experiment
 from supportprune.cli import app
 from supportprune.inputs.recipe import recipe_from_dict
@@ -62,7 +63,7 @@ def _fake_run(calls):
 
     def run(model, recipe, out_dir, **options):
         calls.append((model, options.get("max_steps_per_epoch"), recipe.weights))
-        supportprune.run.compress.RunLayout(out_dir).result.write_text(json.dumps({"model": model, "seconds": 0.0}))
+        supportprune.run.layout.RunLayout(out_dir).result.write_text(json.dumps({"model": model, "seconds": 0.0}))
         return {}
 
     return run

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from supportprune.run.checkpoint import _MAGIC, read_checkpoint
 from supportprune.cli import app
-from supportprune.run.compress import RunLayout, RunState, _save
+from supportprune.run.layout import RunLayout
+from supportprune.run.run_state import RunState, rng_state, save_run
 from supportprune.errors import SupportpruneError
 from supportprune.deploy.latency_table import LatencyTable
 from supportprune.run.stored_supports import InstanceMaskStore
@@ -99,7 +100,7 @@ def test_resume_from_a_crafted_last_checkpoint_is_refused(tmp_path):
 
 
 def test_a_real_mid_phase_checkpoint_loads_as_plain_data(tmp_path):
-    # Everything _save stores (model, SGD momentum, LambdaLR, run state, RNG state) loads with weights_only=True.
+    # Everything save_run stores (model, SGD momentum, LambdaLR, run state, RNG state) loads with weights_only=True.
     model = TinyResNet()
     config = PhaseConfig(epochs=2, lr=0.1, momentum=0.9)
     optimizer = make_optimizer(model, config)
@@ -112,7 +113,7 @@ def test_a_real_mid_phase_checkpoint_loads_as_plain_data(tmp_path):
                      alternations=[{"epoch": 1, "channels_kept": {"stem": 4}, "threshold": 0.25}],
                      baseline_top1=10.0, channels_total={"stem": 8}, curve=[["dense", 1, 2.3, 90.0]], mask_round=["sparse", 1])
     layout = RunLayout(tmp_path)
-    _save(layout, model, optimizer, scheduler, state)
+    save_run(layout, model, optimizer, scheduler, state, [rng_state()])
     loaded = read_checkpoint(layout.checkpoint)
     assert all(torch.equal(loaded["model"][k], v) for k, v in model.state_dict().items())
     assert loaded["run"] == asdict(state)

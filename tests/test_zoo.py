@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from supportprune.run.checkpoint import read_checkpoint
 from supportprune.cli import app
-from supportprune.run.compress import RunLayout, load_run_models
+from supportprune.deploy.deliver import load_run_models
+from supportprune.run.layout import RunLayout
 from supportprune.method.convert import convert_relus
 from supportprune.inputs.models import build_model
 from tests.cli_helpers import write_recipe
