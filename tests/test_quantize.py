@@ -88,6 +88,33 @@ def test_agreement_warning_says_what_fell_short_and_what_to_do():
     assert "needs 99%" in text and "export.calibration_images" in text and "export.int8: false" in text
 
 
+def test_agreement_warning_tells_lost_accuracy_from_borderline_disagreement():
+    lost = agreement_warning("sparse.int8.onnx", 0.95, top1=78.0, reference_top1=81.7)
+    assert "loses 3.70 points" in lost
+    borderline = agreement_warning("sparse.int8.onnx", 0.972, top1=82.4, reference_top1=81.7)
+    assert "decision boundary" in borderline and "loses" not in borderline
+
+
+def test_top1_comparison_counts_by_hand(tmp_path):
+    """A linear model exported to ONNX against a reference that differs on known images."""
+    from supportprune.deploy.quantize import onnx_top1_comparison
+
+    onnx_model = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        onnx_model.weight.copy_(torch.eye(2))  # picks the larger coordinate
+    reference = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))  # picks class 1 only when x0 < 0
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(onnx_model, (torch.zeros(1, 2),), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}})
+    images = torch.tensor([[2.0, 1.0], [1.0, 2.0], [-1.0, 0.5], [3.0, 4.0]])
+    labels = torch.tensor([0, 1, 1, 0])
+    # onnx picks 0, 1, 1, 1 (right on 3 of 4); reference picks 0, 0, 1, 0 (right on 3 of 4); they agree on 2.
+    compared = onnx_top1_comparison(reference, path, [(images, labels)], 4)
+    assert (compared.agreement, compared.top1, compared.reference_top1, compared.images) == (0.5, 75.0, 75.0, 4)
+
+
 @pytest.mark.parametrize("minimum, warned", [(1.01, True), (0.0, False)])
 def test_export_models_records_int8_agreement_and_warns_below_the_bound(tmp_path, monkeypatch, minimum, warned):
     monkeypatch.setattr(quantize, "MIN_AGREEMENT", minimum)  # 1.01: no agreement can reach it

@@ -62,7 +62,7 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
     record how often their top-1 agrees with the fp32 model's; int8 is calibrated on ``calibration_loader``
     (training images; the validation images when None) and warns below ``quantize.MIN_AGREEMENT``."""
     from supportprune.deploy.export import export_onnx
-    from supportprune.deploy.quantize import agreement_warning, calibration_batches, quantize_int8
+    from supportprune.deploy.quantize import agreement_warning, calibration_batches, onnx_top1_comparison, quantize_int8
 
     check_input = check_batch(val_loader, recipe.export.check_batch)
     calibration = (calibration_batches(val_loader if calibration_loader is None else calibration_loader,
@@ -86,11 +86,14 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
                 f", fp16 top-1 agrees with fp32 on {100 * record['top1_agreement_with_fp32']:.2f}%" if fp16 else ""))
         if calibration is not None:
             path = quantize_int8(layout.onnx(kind), layout.onnx(kind, int8=True), calibration)
-            agreement = top1_agreement(ready, path, val_loader, recipe.export.agreement_images)
-            warning = agreement_warning(path.name, agreement)
+            compared = onnx_top1_comparison(ready, path, val_loader, recipe.export.agreement_images)
+            agreement = compared.agreement
+            warning = agreement_warning(path.name, agreement, top1=compared.top1, reference_top1=compared.reference_top1)
             export_record[path.stem] = {"path": path.name, "calibration_images": sum(len(b) for b in calibration),
-                                        "top1_agreement_with_fp32": agreement, "warning": warning}
-            reporter.message(f"exported {path.name}: int8 top-1 agrees with fp32 on {100 * agreement:.2f}%")
+                                        "top1_agreement_with_fp32": agreement, "top1": compared.top1,
+                                        "fp32_top1_same_images": compared.reference_top1, "warning": warning}
+            reporter.message(f"exported {path.name}: int8 top-1 agrees with fp32 on {100 * agreement:.2f}%; top-1 "
+                             f"{compared.top1:.2f}% (fp32 {compared.reference_top1:.2f}%)")
             if warning:
                 reporter.message(f"warning: {warning}")
         reporter.message(f"{kind}: {params:,} parameters, {macs / 1e6:.1f} MMACs, top-1 {top1:.2f}%")
