@@ -238,6 +238,7 @@ def _rng_worker(rank: int, world_size: int, port: int, out_dir: str, recipe_path
     torch.save(seen, Path(out_dir) / f"{attempt}-rank{rank}.pt")
 
 
+@pytest.mark.slow  # two runs under torchrun or two reduced experiments: minutes on 2 cores
 def test_each_rank_resumes_its_own_random_number_state(tmp_path):
     recipe = tmp_path / "rng.yaml"
     recipe.write_text(yaml.safe_dump({**BN_RECIPE, "checkpoint_every_steps": 1}))

@@ -32,6 +32,7 @@ def _digests(root):
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow  # two runs under torchrun or two reduced experiments: minutes on 2 cores
 def test_experiment_with_another_model_runs_again_and_keeps_the_other_models_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE)

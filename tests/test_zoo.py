@@ -3,7 +3,8 @@ tiny inputs and a few steps. For each: the sparse model keeps fewer MACs, the ph
 what the masked full model computes, and the three ONNX files match PyTorch (export checks each on real inputs).
 
 Everything here is random-weight and a few steps long: it tests the mechanics on every architecture, not accuracy.
-VGG (a 100M-parameter classifier at any input size) is marked slow: `pytest -m slow` runs it."""
+VGG (a 100M-parameter classifier at any input size) and DenseNet-121 (slow to export) are marked slow:
+`pytest -m slow` runs them."""
 
 import json
 
@@ -36,7 +37,7 @@ MODELS = [
     ("resnet18", []),
     ("mobilenet_v2", []),  # ReLU6 sites (clamped η*), depthwise groups, linear bottlenecks
     ("googlenet", []),  # functional ReLUs, concatenations
-    ("densenet121", []),  # dense concatenations
+    pytest.param("densenet121", [], marks=pytest.mark.slow),  # dense concatenations; 121 layers to export
     pytest.param("vgg11", [], marks=pytest.mark.slow),
     # user-style models: a factory with arguments, a shape check in forward (no torch.fx), F.relu, a reused ReLU
     ("digit_classifier:DigitNet", ["--model-arg", "input_size=32"]),
