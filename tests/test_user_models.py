@@ -69,10 +69,10 @@ def test_forward_rejecting_the_input_size_names_the_shape_and_the_option(tmp_pat
 def test_unexpected_error_is_one_line_and_logged(tmp_path, monkeypatch):
     import functools
 
-    import supportprune.run.compress as compress_module
+    import supportprune.run.setup as setup_module
 
     # A failure inside supportprune's own call chain (a builtin called wrongly: no frame of the user's code).
-    monkeypatch.setattr(compress_module, "count_macs_params", functools.partial(divmod, 1))
+    monkeypatch.setattr(setup_module, "count_macs_params", functools.partial(divmod, 1))
     result = _compress(tmp_path, "--model-arg", "input_size=12")
     one_line_error(result, "unexpected TypeError", "divmod", "bug in supportprune", "supportprune.log")
     log = (tmp_path / "out" / "supportprune.log").read_text()
