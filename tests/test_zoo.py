@@ -3,8 +3,8 @@ tiny inputs and a few steps. For each: the sparse model keeps fewer MACs, the ph
 what the masked full model computes, and the three ONNX files match PyTorch (export checks each on real inputs).
 
 Everything here is random-weight and a few steps long: it tests the mechanics on every architecture, not accuracy.
-VGG (a 100M-parameter classifier at any input size) and DenseNet-121 (slow to export) are marked slow:
-`pytest -m slow` runs them."""
+MobileNetV2, GoogLeNet, DenseNet-121 (minutes to export on 2 cores) and VGG (a 100M-parameter classifier at any
+input size) are marked slow: `pytest -m slow` runs them."""
 
 import json
 
@@ -35,8 +35,10 @@ ZOO_RECIPE = {
 
 MODELS = [
     ("resnet18", []),
-    ("mobilenet_v2", []),  # ReLU6 sites (clamped η*), depthwise groups, linear bottlenecks
-    ("googlenet", []),  # functional ReLUs, concatenations
+    # ReLU6 sites (clamped η*), depthwise groups, linear bottlenecks; functional ReLUs and concatenations: several
+    # minutes each on 2 cores (exporting three models), so slow; tests/test_convert.py covers both patterns quickly.
+    pytest.param("mobilenet_v2", [], marks=pytest.mark.slow),
+    pytest.param("googlenet", [], marks=pytest.mark.slow),
     pytest.param("densenet121", [], marks=pytest.mark.slow),  # dense concatenations; 121 layers to export
     pytest.param("vgg11", [], marks=pytest.mark.slow),
     # user-style models: a factory with arguments, a shape check in forward (no torch.fx), F.relu, a reused ReLU
