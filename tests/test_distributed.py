@@ -66,17 +66,22 @@ RECIPE = {
 }
 
 
-def _run(tmp_path, out, processes):
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(RECIPE))
+def _supportprune(processes, *args):
+    """``python -m supportprune ARGS`` on the CPU, under torchrun with ``processes`` gloo ranks when more than one;
+    returns its stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = (launcher if processes > 1 else [sys.executable]) + [
-        "-m", "supportprune", "compress", "tiny_models:tiny_plain", "--recipe", str(recipe), "--out", str(out),
-        "--max-steps", "6", "--device", "cpu"]
+    command = (launcher if processes > 1 else [sys.executable]) + ["-m", "supportprune", *args, "--device", "cpu"]
     result = subprocess.run(command, cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def _run(tmp_path, out, processes):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    return _supportprune(processes, "compress", "tiny_models:tiny_plain", "--recipe", str(recipe), "--out", str(out),
+                         "--max-steps", "6")
 
 
 def _assert_same_epochs(single, double):
@@ -111,13 +116,8 @@ def test_distributed_compress_prunes_like_one_process_on_the_same_global_batches
 def _train(tmp_path, out, processes):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({**RECIPE, "train": {"epochs": 2, "lr": 0.05, "warmup_epochs": 1, "relative_threshold": 0.2}}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = (launcher if processes > 1 else [sys.executable]) + [
-        "-m", "supportprune", "train", "tiny_models:tiny_plain", "--alternation", "instance", "--recipe", str(recipe),
-        "--out", str(out), "--max-steps", "4", "--device", "cpu"]
-    result = subprocess.run(command, cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    _supportprune(processes, "train", "tiny_models:tiny_plain", "--alternation", "instance", "--recipe", str(recipe),
+                  "--out", str(out), "--max-steps", "4")
     return json.loads((out / "result.json").read_text())
 
 
@@ -182,13 +182,8 @@ BN_RECIPE = {**RECIPE, "train": {"epochs": 1, "lr": 0.05, "alternation": "none"}
 def _train_with_batch_norm(tmp_path, out, processes, sync):
     recipe = tmp_path / f"bn-{sync}.yaml"
     recipe.write_text(yaml.safe_dump({**BN_RECIPE, "sync_batch_norm": sync}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = (launcher if processes > 1 else [sys.executable]) + [
-        "-m", "supportprune", "train", "tiny_models:tiny_resnet", "--recipe", str(recipe), "--out", str(out),
-        "--max-steps", "4", "--device", "cpu"]
-    result = subprocess.run(command, cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    _supportprune(processes, "train", "tiny_models:tiny_resnet", "--recipe", str(recipe), "--out", str(out),
+                  "--max-steps", "4")
     return read_checkpoint(out / "models" / "trained.pt")["model"]
 
 
