@@ -164,7 +164,7 @@ def _wait_for_checkpoint_after_pruning(process, out, timeout=120.0):
             run = read_checkpoint(out / "checkpoints" / "last.pt")["run"]
             if run["phase_index"] >= 1 and run["alternations"] and run["step"] > 0:
                 return run
-        except Exception:  # not written yet, or moved to last.pt.previous a moment before the new one lands
+        except Exception:  # not written yet
             pass
         time.sleep(0.01)
     raise AssertionError("no checkpoint after the first alternation point appeared")
@@ -301,19 +301,24 @@ def test_compress_with_latency_allocation_times_the_layers_once(tmp_path):
     stamp = (out / "latency-table.json").stat().st_mtime_ns  # both alternation points use the one table
     points = read_checkpoint(out / "checkpoints" / "last.pt")["run"]["alternations"]
     assert len(points) == 2 and all(p["allocation"] == "latency" and p["predicted_speedup"] > 0 for p in points)
-    models = {m["kind"]: m for m in json.loads((out / "export.json").read_text())["models"]}
-    assert models["sparse"]["macs"] < models["baseline"]["macs"]  # how much is cut depends on the measured times
     assert "Allocation `latency`" in (out / "report.md").read_text()
     assert "predicted speed-up" in result.output
     assert (out / "latency-table.json").stat().st_mtime_ns == stamp
-    # The same table given to another run: used as is, not timed again, and kept in that run.
+    # How much the measured table cuts depends on this machine's timings (on a quiet machine, tiny layers
+    # may take no less time at any width, and nothing is cut). A table handed to another run is used as
+    # is, not timed again: one where time grows with width must lead to a cut.
+    measured = json.loads((out / "latency-table.json").read_text())
+    for grid in measured["layers"].values():
+        grid["seconds"] = [[1e-6 * (1 + i) * (1 + o) for o in grid["out_widths"]] for i in grid["in_widths"]]
+    scaling = tmp_path / "scaling-table.json"
+    scaling.write_text(json.dumps(measured))
     again = _compress(tmp_path, tmp_path / "again", "--target-macs", "0.6", "--allocation", "latency", "--round-to", "2",
-                      "--latency-table", str(out / "latency-table.json"))
+                      "--latency-table", str(scaling))
     assert again.exit_code == 0, again.output
     assert "timing" not in again.output and "latency table" in again.output
-    assert (tmp_path / "again" / "latency-table.json").read_text() == (out / "latency-table.json").read_text()
-    again_points = read_checkpoint(tmp_path / "again" / "checkpoints" / "last.pt")["run"]["alternations"]
-    assert [p["channels_kept"] for p in again_points] == [p["channels_kept"] for p in points]
+    assert json.loads((tmp_path / "again" / "latency-table.json").read_text()) == measured
+    again_models = {m["kind"]: m for m in json.loads((tmp_path / "again" / "export.json").read_text())["models"]}
+    assert again_models["sparse"]["macs"] < again_models["baseline"]["macs"]
     one_line_error(_compress(tmp_path, tmp_path / "o", "--target-macs", "0.6", "--allocation", "latency",
                              "--latency-table", str(tmp_path / "nowhere.json")), "sparse.latency_table", "nowhere.json")
 

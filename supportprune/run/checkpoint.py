@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -70,8 +71,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     payload = buffer.getvalue()
     path = Path(path)
     if path.exists():
-        path.replace(path.with_suffix(path.suffix + ".previous"))
+        _keep_as_previous(path)
     atomic_write_bytes(path, _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Make ``<name>.previous`` a copy of ``path`` while ``path`` stays in place: a kill at any moment
+    leaves at least one intact checkpoint under ``path``'s name (moving it aside would leave none
+    until the new file lands). A hard link costs nothing; where links are not allowed, a copy."""
+    previous = path.with_suffix(path.suffix + ".previous")
+    link = path.with_name(f".{path.name}.previous.link.tmp")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:
+        link.unlink(missing_ok=True)
+        atomic_write_bytes(previous, path.read_bytes())
 
 
 def is_checkpoint(path: Path) -> bool:
