@@ -272,25 +272,43 @@ def experiment(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="base recipe (default: embedded); its train, sparse and redense sections set every run"),
     data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagenet:DIR | folder:DIR"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds; tables give mean ± std over them"),
-    targets: str = typer.Option("0.7,0.5,0.3", "--targets", help="MACs fractions for accuracy against MACs"),
+    targets: Optional[str] = typer.Option(None, "--targets", help="MACs fractions for accuracy against MACs (default 0.7,0.5,0.3; with --weights 0.5,0.3)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for report.md, results.json and plots (default results/experiment-MODEL-DATA, e.g. results/experiment-resnet18-embedded)"),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where the individual runs (with their checkpoints) go; default runs/NAME-OF-OUT"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs of the train runs (the Dense step)"),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="a trained model (.pt state dict): compare pruning criteria from it instead of measuring the paper's claims"),
+    criteria: Optional[str] = typer.Option(None, "--criteria", help="with --weights: comma-separated criteria (default support and every torch-pruning importance)"),
+    variant: Optional[List[str]] = typer.Option(None, "--variant", help="with --weights: the support with recipe keys changed, 'NAME: key=value key=value' (repeatable)"),
+    allocations: str = typer.Option("global", "--allocations", help="with --weights: global (matched on MACs), latency (matched on predicted time), or both"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="cap training steps per epoch (a smaller fine-tuning budget; smoke tests)"),
 ) -> None:
-    """Measure the paper's claims with several seeds: Figure 3 and Table 7 (SGD vs I- vs B-alternation), Table 8 (DSD criteria), accuracy against MACs (support vs L1/L2/random); writes report.md with tables and plots. Resumes where it stopped."""
+    """Measure the paper's claims with several seeds: Figure 3 and Table 7 (SGD vs I- vs B-alternation), Table 8 (DSD criteria), accuracy against MACs (support vs L1/L2/random); writes report.md with tables and plots. With --weights: every pruning criterion (support, its --variant ablations, the torch-pruning importances) from that trained model with the same budget, matched on MACs or predicted time, sparse models timed with ONNX Runtime. Resumes where it stopped."""
     from supportprune.experiment import ExperimentPlan, command_line, run_experiment
 
     _, resolved = _recipe_with_options(recipe or "embedded", model, data,
-                                       {"data.source": data, "train.epochs": epochs}, model_arg)
-    out = out or Path("results") / f"experiment-{_run_name(model)}-{resolved.data.source.split(':')[0]}"
-    plan = ExperimentPlan(model, resolved, out, tuple(_ints(seeds, "--seeds")), tuple(_floats(targets, "--targets")),
-                          device=device, max_steps=max_steps, runs_dir=runs_dir or Path("runs") / out.name,
-                          command=command_line())
+                                       {"data.source": data, "train.epochs": epochs, "weights": weights}, model_arg)
+    kind = "criteria" if weights else "experiment"
+    out = out or Path("results") / f"{kind}-{_run_name(model)}-{resolved.data.source.split(':')[0]}"
     reporter = RichReporter()
-    report = run_experiment(plan, message=reporter.message, reporter=reporter)
+    if weights:
+        from supportprune.criteria_comparison import DEFAULT_CRITERIA, ComparisonPlan, parse_variant, run_comparison
+
+        plan = ComparisonPlan(
+            model, resolved, out, tuple(criteria.split(",")) if criteria else DEFAULT_CRITERIA,
+            tuple(parse_variant(v) for v in variant or ()), tuple(_ints(seeds, "--seeds")),
+            tuple(_floats(targets, "--targets") or (0.5, 0.3)), tuple(allocations.split(",")),
+            tuple(resolved.bench.batch_sizes), resolved.bench.runs, device=device, max_steps=max_steps,
+            runs_dir=runs_dir or Path("runs") / out.name, command=command_line())
+        report = run_comparison(plan, message=reporter.message, reporter=reporter)
+    else:
+        if criteria or variant or allocations != "global":
+            raise SupportpruneError("--criteria, --variant and --allocations compare criteria from a trained model: add --weights FILE")
+        plan = ExperimentPlan(model, resolved, out, tuple(_ints(seeds, "--seeds")),
+                              tuple(_floats(targets, "--targets") or (0.7, 0.5, 0.3)), device=device,
+                              max_steps=max_steps, runs_dir=runs_dir or Path("runs") / out.name, command=command_line())
+        report = run_experiment(plan, message=reporter.message, reporter=reporter)
     reporter.message(f"done: {report}")
 
 

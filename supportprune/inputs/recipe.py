@@ -372,6 +372,8 @@ def with_overrides(recipe: Recipe, overrides: dict[str, Any], origin: str = "com
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:
+            if node.get(key) is None:  # an optional section left out (e.g. sparse.distill): its defaults
+                node[key] = {}
             node = node[key]
         node[leaf] = value
     return recipe_from_dict(raw, origin)
