@@ -181,7 +181,7 @@ def test_each_channel_criterion_prunes_to_its_target(criterion):
     assert result.macs >= 0.5 * baseline - _largest_one_channel_step(model, EXAMPLE)
 
 
-@pytest.mark.parametrize("statistic", ["frequency", "energy_x_consumer"])
+@pytest.mark.parametrize("statistic", ["frequency", "energy_x_consumer", "energy_lamp"])
 def test_support_statistics_prune_to_the_target(statistic):
     model = _tiny_resnet()
     baseline, _ = count_macs_params(model, EXAMPLE)
@@ -313,6 +313,17 @@ def test_support_statistics_by_hand():
     expected = mean_energy / mean_energy.mean() * consumer / consumer.mean()
     got = support_statistic(model, torch.zeros(2, 4), "energy_x_consumer")
     torch.testing.assert_close(got, {"1": expected}, rtol=1e-5, atol=1e-6)
+    # LAMP's rescaling: each channel's mean energy over the sum of those at least as strong.
+    lamp = torch.stack([mean_energy[c] / mean_energy[mean_energy >= mean_energy[c]].sum() for c in range(3)])
+    torch.testing.assert_close(support_statistic(model, torch.zeros(2, 4), "energy_lamp"), {"1": lamp}, rtol=1e-5, atol=1e-6)
+
+
+def test_lamp_rescaling_by_hand():
+    from supportprune.method.criteria.support_statistics import lamp_rescaled
+
+    values = torch.tensor([1.0, 4.0, 2.0, 3.0])
+    live = torch.tensor([True, True, True, False])  # the 3 was pruned earlier: it neither scores nor counts
+    torch.testing.assert_close(lamp_rescaled(values, live), torch.tensor([1 / 7, 1.0, 2 / 6, 0.0]))
 
 
 # --- end to end ------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ latency table) are exported, optionally quantized to static QDQ int8 (``supportp
 side by side in interleaved rounds (``benchmark_side_by_side``): ratios stay honest on a loaded machine.
 Timing depends on channel counts, not on which channels survive, so random weights are used.
 
-Models without ReLU support sites (mobilenet_v2 uses ReLU6) are pruned by torch-pruning's group L1
-importance to the MACs target instead (allocation ``l1``); the table says so.
+ReLU6 (mobilenet_v2) is a support site too (clamped at 6; ``method/convert.py``). A model with no ReLU or
+ReLU6 at all is pruned by torch-pruning's group L1 importance to the MACs target instead (allocation
+``l1``); the table says so.
 
 ``--profile`` times each variant whose share is below ``--profile-below`` per node (ORT's profiler) and
 prints where the time goes by operator type, dense against pruned. ``--run-dir`` adds top-1 and throughput of
@@ -45,6 +46,7 @@ from supportprune.deploy.latency_table import measure_latency_table  # noqa: E40
 from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402
 from supportprune.method.pruning import count_macs_params  # noqa: E402
 from supportprune.deploy.quantize import quantize_int8  # noqa: E402
+from supportprune.errors import SupportpruneError  # noqa: E402
 from supportprune.method.support import TraceError, convert_relus, export_ready  # noqa: E402
 
 
@@ -83,7 +85,7 @@ def has_support_sites(spec: ModelSpec, example) -> bool:
     try:
         convert_relus(build_model(spec).eval(), example)
         return True
-    except TraceError:  # no ReLU call site (mobilenet_v2's ReLU6)
+    except (TraceError, SupportpruneError):  # no ReLU or ReLU6 call site
         return False
 
 
@@ -274,7 +276,7 @@ def main() -> None:
         f"{args.runs} runs in {args.rounds} interleaved rounds over all variants of a model after {args.warmup} warm-up.\n\n"
         f"Command: `python tools/bench_cpu_share.py {' '.join(sys.argv[1:])}`\n\n"
         "share = speed-up ÷ MACs reduction against the dense model of the same precision (1.0: the MACs cut became "
-        "speed in full); MACs counted from the ONNX graphs. Allocation l1: no ReLU support sites (ReLU6), pruned by "
+        "speed in full); MACs counted from the ONNX graphs. Allocation l1: no ReLU or ReLU6 support sites, pruned by "
         "torch-pruning group L1 importance to the target instead.\n\n"
         + "\n".join(lines) + "\n"
         + (f"\nfp32 pruned variants: share median {statistics.median(shares):.2f}, min {min(shares):.2f}, "

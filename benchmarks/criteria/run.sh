@@ -13,11 +13,12 @@ common=(experiment "$model" --recipe benchmarks/criteria/fashion-mnist.yaml --we
 variants=(
   --variant "consumer: sparse.support_statistic=energy_x_consumer"
   --variant "frequency: sparse.support_statistic=frequency"
-  --variant "gradual: sparse.prune_at=[1,2] sparse.target_schedule=cubic"
+  --variant "gradual: sparse.prune_at=[1,2] sparse.target_schedule=linear"
   --variant "distill: sparse.distill.alpha=0.7 redense.distill.alpha=0.7"
   --variant "restore: redense.revive=restore"
   --variant "beta: sparse.beta=estimated"
   --variant "tau0: sparse.relative_threshold=0"
+  --variant "lamp: sparse.support_statistic=energy_lamp"
 )
 case $stage in
   screen) exec python -m supportprune "${common[@]}" --seeds 0 --out "results/criteria-$model-screen" "${variants[@]}" "$@" ;;

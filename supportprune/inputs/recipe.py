@@ -22,7 +22,7 @@ SCHEDULES = ("cosine", "step", "constant")
 ALLOCATIONS = ("global", "latency")
 # baselines that prune channels to a MACs target (torch-pruning importances; criteria.REGISTRY builds them)
 CHANNEL_CRITERIA = ("l1", "l2", "random", "taylor", "fpgm", "lamp", "hessian", "bn_scale")
-SUPPORT_STATISTICS = ("max_energy", "frequency", "energy_x_consumer")  # criteria.support_statistics
+SUPPORT_STATISTICS = ("max_energy", "frequency", "energy_x_consumer", "energy_lamp")  # criteria.support_statistics
 CRITERIA = ("support", "magnitude") + CHANNEL_CRITERIA
 ALTERNATIONS = ("none", "instance", "batch")
 MASK_STORAGES = ("auto", "memory", "disk")

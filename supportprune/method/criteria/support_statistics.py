@@ -9,6 +9,11 @@
   torch-pruning's dependency graph finds them) relative to its group's mean: the energy the channel
   feeds forward, not only the energy it has.
 
+- ``energy_lamp``: the channel's mean energy per batch, rescaled within its site as LAMP rescales squared
+  weight norms (Lee et al. 2021): e_c / Σ_{j: e_j ≥ e_c} e_j over the site's live channels. The largest
+  channel of every site scores 1, and a channel's score falls with the energy of the channels stronger
+  than it, so one global threshold prunes wide layers of many weak channels harder than narrow ones.
+
 Sites that observed no batch score zero everywhere (as ``max_energy`` always did). Pure functions.
 """
 
@@ -79,6 +84,28 @@ def energy_x_consumer(model: nn.Module, example_input: Tensor) -> dict[str, Tens
     return scores
 
 
+def lamp_rescaled(values: Tensor, live: Tensor) -> Tensor:
+    """LAMP's rescaling of ``values`` over the ``live`` entries: v_c / Σ_{j live, v_j ≥ v_c} v_j (dead: 0)."""
+    scores = torch.zeros_like(values, dtype=torch.float64)
+    alive = live.nonzero().flatten()
+    if alive.numel() == 0:
+        return scores.float()
+    kept = values[alive].double()
+    order = torch.argsort(kept, descending=True, stable=True)
+    cumulative = torch.cumsum(kept[order], 0)
+    rescaled = torch.where(cumulative > 0, kept[order] / cumulative.clamp_min(1e-300), torch.zeros_like(cumulative))
+    scores[alive[order]] = rescaled
+    return scores.float()
+
+
+def energy_lamp(model: nn.Module) -> dict[str, Tensor]:
+    scores = {}
+    for name, site in support_sites(model):
+        energy = site.stat_energy.detach().double().cpu() / max(int(site.stat_batches), 1)
+        scores[name] = lamp_rescaled(energy, site.keep.detach().cpu() > 0)
+    return scores
+
+
 def support_statistic(model: nn.Module, example_input: Tensor, statistic: str) -> dict[str, Tensor]:
     if statistic == "max_energy":
         return max_energy(model)
@@ -86,4 +113,6 @@ def support_statistic(model: nn.Module, example_input: Tensor, statistic: str) -
         return support_frequency(model)
     if statistic == "energy_x_consumer":
         return energy_x_consumer(model, example_input)
-    raise ValueError(f"support statistic must be max_energy, frequency or energy_x_consumer, got {statistic!r}")
+    if statistic == "energy_lamp":
+        return energy_lamp(model)
+    raise ValueError(f"support statistic must be max_energy, frequency, energy_x_consumer or energy_lamp, got {statistic!r}")
