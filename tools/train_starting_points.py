@@ -47,6 +47,8 @@ from supportprune.run.training_loop import evaluate, make_optimizer, make_schedu
 # every epoch), which batch norm makes enough for it to settle.
 EPOCHS = {"resnet18": 12, "mobilenet_v2": 8, "vgg11_bn": 3}
 STEPS = {"vgg11_bn": 150}  # steps per epoch where not the whole training set
+# vgg11_bn diverged at the recipe's lr 0.05 (NaN loss at step 104: its 25088→4096 classifier has no batch norm)
+LR = {"vgg11_bn": 0.01}
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> bytes:
@@ -57,7 +59,7 @@ def state_bytes(state: dict[str, torch.Tensor]) -> bytes:
 
 def train_one(name: str, epochs: int, recipe, out: Path, device: torch.device, max_steps: int | None, log) -> dict:
     """Train ``name`` to ``epochs`` (continuing its checkpoint), write NAME.pt; the manifest entry."""
-    config = replace(recipe.train, epochs=epochs)
+    config = replace(recipe.train, epochs=epochs, lr=LR.get(name, recipe.train.lr))
     data = load_data(recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean,
                      std=recipe.data.std, augment=recipe.data.augment, channels=recipe.data.channels)
     train_loader, val_loader = make_loaders(data, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
@@ -96,7 +98,7 @@ def train_one(name: str, epochs: int, recipe, out: Path, device: torch.device, m
     atomic_write_bytes(out / f"{name}.pt", payload)
     log(f"{name}: test top-1 {top1:.2f}% -> {out / f'{name}.pt'}")
     return {"file": f"{name}.pt", "sha256": hashlib.sha256(payload).hexdigest(), "top1": round(top1, 2),
-            "epochs": epochs, "steps_per_epoch": steps, "train_seconds": round(seconds),
+            "epochs": epochs, "lr": config.lr, "steps_per_epoch": steps, "train_seconds": round(seconds),
             "spec": {"num_classes": spec.num_classes, "in_channels": spec.in_channels, "input_size": spec.input_size},
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "torch": torch.__version__}
 
