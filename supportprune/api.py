@@ -8,7 +8,7 @@ The CLI's Sparse step as one small object, the way Torch-Pruning's pruners and t
     pruner.prune()                      # an alternation point: channels with the weakest support go, to the target
     ... more training (the pruned channels stay at zero) ...
     sparse = pruner.sparse_model()      # physically smaller, equal to the masked model
-    pruner.redense()                    # DSD's re-dense: pruned connections back, at zero
+    pruner.redense()                    # DSD's re-dense: pruned channels back, with the weights they had
     pruner.export(sparse, "sparse.onnx")
 
 Every method calls the same functions (``supportprune.method.dsd``, ``supportprune.method.support``, ``supportprune.deploy.export``) that
@@ -42,7 +42,7 @@ class SupportPruner:
     """
 
     def __init__(self, model: nn.Module, example_input: Tensor, *, target_macs: float | None = 0.5,
-                 relative_threshold: float = 0.2, granularity: str = "channel", round_to: int = 8,
+                 relative_threshold: float = 0.0, granularity: str = "channel", round_to: int = 8,
                  criterion: str = "support", seed: int = 0) -> None:
         try:
             self.config = SparseConfig(epochs=1, target_macs=target_macs, relative_threshold=relative_threshold,
@@ -53,6 +53,7 @@ class SupportPruner:
         self.seed = seed
         self.model = convert_relus(model, self.example_input)
         self.baseline_macs, self.baseline_params = count_macs_params(self.model, self.example_input)
+        self._pruned_weights: dict[str, Tensor] | None = None  # what pruned channels had, for redense's restore
 
     def start_sparse(self) -> None:
         """From now on each training batch applies its B-alternation mask and the support statistics are recorded."""
@@ -61,6 +62,7 @@ class SupportPruner:
     def prune(self) -> dsd.AlternationResult:
         """An alternation point: prune (by keep masks) the channels whose support was weakest since
         ``start_sparse`` or the previous ``prune``, so the model keeps ``target_macs`` of its MACs."""
+        self._pruned_weights = dsd.remember_pruned_weights(self._pruned_weights, self.model, self.example_input)
         return dsd.alternation_point(self.model, self.example_input, self.config, self.baseline_macs, seed=self.seed)
 
     def kept_channels(self) -> dict[str, tuple[int, int]]:
@@ -72,10 +74,16 @@ class SupportPruner:
         dsd.end_sparse(self.model)
         return dsd.build_sparse_model(self.model, self.example_input).eval()
 
-    def redense(self) -> int:
-        """DSD's re-dense step on ``pruner.model``: the pruned connections come back at zero (train it again
-        afterwards). Returns how many channels came back."""
-        return dsd.redense(self.model, self.example_input)
+    def redense(self, revive: str = "restore") -> int:
+        """DSD's re-dense step on ``pruner.model`` (train it again afterwards). ``revive`` as the recipe's
+        ``redense.revive``: ``restore`` (default) brings pruned channels back with the weights they had when
+        pruned, ``zero`` at zero (DSD's own: they then get no gradient), ``reinit`` with fresh producing weights.
+        Returns how many channels came back."""
+        if revive not in ("restore", "zero", "reinit"):
+            raise SupportpruneError(f"SupportPruner.redense: revive must be restore, zero or reinit, got {revive!r}")
+        if revive == "restore" and self._pruned_weights is None:
+            raise SupportpruneError("SupportPruner.redense: nothing was pruned yet; call prune() first")
+        return dsd.redense(self.model, self.example_input, revive, self._pruned_weights)
 
     def export(self, model: nn.Module, path: str | Path, *, check_input: Tensor | None = None,
                tolerance: float = 1e-3) -> ExportCheck:

@@ -34,6 +34,7 @@ def test_pruner_sparse_model_equals_masked_model_and_redense_restores_width():
     pruner.model.train()
     for _ in range(3):
         pruner.model(torch.randn(16, 1, 12, 12))
+    before = {name: m.weight.detach().clone() for name, m in pruner.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     result = pruner.prune()
     assert result.macs < 0.6 * pruner.baseline_macs
     sparse = pruner.sparse_model()
@@ -41,4 +42,8 @@ def test_pruner_sparse_model_equals_masked_model_and_redense_restores_width():
     with torch.no_grad():
         assert torch.allclose(sparse(example), pruner.model(example), atol=1e-5)
     assert pruner.redense() > 0
+    # revive restore (the default): with no training in between, every convolution is back as it was
+    for name, module in pruner.model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            assert torch.equal(module.weight, before[name]), name
     assert all(kept == total for kept, total in pruner.kept_channels().values())

@@ -20,8 +20,9 @@ variants=(
   --variant "tau0: sparse.relative_threshold=0"
   --variant "lamp: sparse.support_statistic=energy_lamp"
 )
+source benchmarks/criteria/best-variants.sh
 case $stage in
   screen) exec python -m supportprune "${common[@]}" --seeds 0 --out "results/criteria-$model-screen" "${variants[@]}" "$@" ;;
-  seeds)  exec python -m supportprune "${common[@]}" --seeds 0,1,2 --out "results/criteria-$model" "$@" ;;
+  seeds)  exec python -m supportprune "${common[@]}" --seeds 0,1,2 --out "results/criteria-$model" "${best[@]}" "$@" ;;
   *) echo "stage: screen or seeds" >&2; exit 2 ;;
 esac
