@@ -2,14 +2,18 @@
 # The criteria comparison of issue #14 on the starting points (tools/train_starting_points.py).
 # Resumable: run it again and finished runs are read, not repeated (runs/criteria-MODEL/...).
 #   stage screen: every criterion and every support variant, seed 0, at 50% and 30% of the MACs
-#   stage seeds:  the support default and variants that screened best, and the best baselines, seeds 0-2
-# Usage: benchmarks/criteria/run.sh MODEL STAGE [extra experiment options]
+#   stage seeds:  the support as it was, the best baseline of the screen (lamp) and the best combination
+#                 of support options (best_consumer), seeds 0-2
+# Usage: benchmarks/criteria/run.sh MODEL STAGE [extra experiment options, e.g. --criteria]
+# (STEPS=N sets the steps per epoch; 50 in the committed results.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=$1; stage=$2; shift 2
 steps=${STEPS:-50}
 common=(experiment "$model" --recipe benchmarks/criteria/fashion-mnist.yaml --weights "starting-points/$model.pt"
         --max-steps "$steps" --runs-dir "runs/criteria-$model" --targets 0.5,0.3)
+best_consumer="best_consumer: sparse.support_statistic=energy_x_consumer sparse.beta=estimated sparse.distill.alpha=0.7 redense.distill.alpha=0.7 redense.revive=restore"
+best_lamp="best_lamp: sparse.support_statistic=energy_lamp sparse.beta=estimated sparse.distill.alpha=0.7 redense.distill.alpha=0.7 redense.revive=restore"
 variants=(
   --variant "consumer: sparse.support_statistic=energy_x_consumer"
   --variant "frequency: sparse.support_statistic=frequency"
@@ -18,11 +22,12 @@ variants=(
   --variant "restore: redense.revive=restore"
   --variant "beta: sparse.beta=estimated"
   --variant "tau0: sparse.relative_threshold=0"
-  --variant "lamp: sparse.support_statistic=energy_lamp"
+  --variant "$best_lamp"
+  --variant "$best_consumer"
 )
-source benchmarks/criteria/best-variants.sh
 case $stage in
   screen) exec python -m supportprune "${common[@]}" --seeds 0 --out "results/criteria-$model-screen" "${variants[@]}" "$@" ;;
-  seeds)  exec python -m supportprune "${common[@]}" --seeds 0,1,2 --out "results/criteria-$model" "${best[@]}" "$@" ;;
+  seeds)  exec python -m supportprune "${common[@]}" --seeds 0,1,2 --out "results/criteria-$model" --criteria support,lamp \
+               --variant "$best_consumer" "$@" ;;
   *) echo "stage: screen or seeds" >&2; exit 2 ;;
 esac
