@@ -319,7 +319,9 @@ def write_comparison_report(plan: ComparisonPlan, runs: dict[str, dict[str, Any]
         lines += ["![top-1 against MACs and measured latency](accuracy-vs-cost.png)", ""]
     elif reason is not None:
         lines += [skipped_plots_note(reason), ""]
-    lines += [f"Wall time: {seconds / 60:.1f} min (runs read from earlier invocations count as zero).", "",
+    run_minutes = sum(r.get("seconds") or 0.0 for r in runs.values()) / 60
+    lines += [f"Run time: {run_minutes:.0f} min over {len(runs)} runs (each run's own training time, however many "
+              f"invocations made them); this invocation: {seconds / 60:.1f} min.", "",
               f"Versions: {_versions()}", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
     atomic_write_text(out / "results.json", json.dumps({"command": plan.command, "runs": runs, "tables": summary}, indent=1))
