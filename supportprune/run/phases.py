@@ -106,6 +106,10 @@ class RedensePhase(Phase):
         estimate_beta(context, announce=False)
         if fresh:
             revive = context.recipe.redense.revive
+            if revive == "restore" and self.sparse.revive_store is None:
+                # No alternation point pruned channels (criterion magnitude prunes single weights): DSD's
+                # own re-dense, the pruned weights back at zero, is the only one there is.
+                revive = "zero"
             context.state.revived_channels = dsd.redense(context.model, context.example, revive, self.sparse.revive_store)
             how = {"zero": "initialised to zero", "restore": "with the weights they were pruned with",
                    "reinit": "producing weights re-initialised, consuming weights zero"}[revive]
