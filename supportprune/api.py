@@ -27,7 +27,7 @@ from supportprune.method.convert import convert_relus
 from supportprune.errors import SupportpruneError
 from supportprune.deploy.export import ExportCheck, export_onnx
 from supportprune.method.pruning import count_macs_params
-from supportprune.inputs.recipe import SparseConfig
+from supportprune.inputs.recipe import REVIVALS, SparseConfig
 from supportprune.method.support import export_ready, kept_channel_counts
 
 
@@ -79,8 +79,8 @@ class SupportPruner:
         ``redense.revive``: ``restore`` (default) brings pruned channels back with the weights they had when
         pruned, ``zero`` at zero (DSD's own: they then get no gradient), ``reinit`` with fresh producing weights.
         Returns how many channels came back."""
-        if revive not in ("restore", "zero", "reinit"):
-            raise SupportpruneError(f"SupportPruner.redense: revive must be restore, zero or reinit, got {revive!r}")
+        if revive not in REVIVALS:
+            raise SupportpruneError(f"SupportPruner.redense: revive must be one of {', '.join(REVIVALS)}, got {revive!r}")
         if revive == "restore" and self._pruned_weights is None:
             raise SupportpruneError("SupportPruner.redense: nothing was pruned yet; call prune() first")
         return dsd.redense(self.model, self.example_input, revive, self._pruned_weights)

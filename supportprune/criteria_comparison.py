@@ -145,7 +145,6 @@ def _compress_and_time(plan: ComparisonPlan, recipe: Recipe, name: str, message,
     layout = RunLayout((plan.runs_dir or plan.out_dir / "runs") / name)
     if not reuse_or_set_aside(layout.root, run_key(plan.model, recipe, plan.max_steps), message):
         message(f"experiment: {name}")
-        (layout.root / LATENCY_FILE).unlink(missing_ok=True)
         compress(plan.model, recipe, layout.root, device=plan.device, reporter=reporter,
                  max_steps_per_epoch=plan.max_steps, deliver=False)
     result = json.loads(layout.result.read_text())
@@ -238,7 +237,7 @@ def _pm(values: Sequence[float], digits: int = 2, signed: bool = False) -> str:
     return f"{mean:+.{digits}f} ± {std:.{digits}f}" if signed else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def verdicts(plan: ComparisonPlan, table: dict[str, Any], method: str = "support") -> list[str]:
+def verdicts(table: dict[str, Any], method: str = "support") -> list[str]:
     """The goal checks for ``method``: within one std of the best baseline, and re-Dense ≥ its start."""
     rows, best = table["rows"], table["best_baseline"]
     if method not in rows:
@@ -311,7 +310,7 @@ def write_comparison_report(plan: ComparisonPlan, runs: dict[str, dict[str, Any]
                     (row["macs_kept"], 1 / row["speedup"][batch_sizes[-1]], *mean_std(row["sparse"])))
             lines.append("")
             for method in [m for m in plan.methods if m.startswith("support")]:
-                lines += [f"- {v}" for v in verdicts(plan, table, method)]
+                lines += [f"- {v}" for v in verdicts(table, method)]
             lines.append("")
     reason = plots_unavailable()
     if reason is None and points:

@@ -61,7 +61,7 @@ def test_the_table_pairs_each_method_with_the_best_baseline_by_seed():
     assert table["rows"]["support"]["paired_vs_best"] == [-1.0, -2.0]
     assert table["rows"]["support"]["paired_redense_vs_best"] == [1.0, 0.5]
     assert "paired_vs_best" not in table["rows"]["taylor"]
-    lines = verdicts(plan, table)
+    lines = verdicts(table)
     # support 87.0 against taylor 88.5 ± 0.707: below the mean less one std (87.79)
     assert "does not hold" in lines[0] and "taylor" in lines[0]
     # re-dense 90.5 against the starting model's 90.0

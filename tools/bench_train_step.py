@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from supportprune.deploy.benchmark import time_calls  # noqa: E402
 from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402
 from supportprune.method.support import convert_relus, set_site_mode, support_sites  # noqa: E402
 
@@ -104,12 +105,7 @@ class Timer:
                 events[i + 1].record()
             torch.cuda.synchronize()
             return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(count)]
-        times = []
-        for _ in range(count):
-            started = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - started)
-        return times
+        return time_calls(step, count, warmup=0)
 
 
 def bench_setting(args, device, precision: str, compiled: bool, timer: Timer, log) -> dict[str, dict[str, float]]:

@@ -44,11 +44,16 @@ def support_frequency(model: nn.Module) -> dict[str, Tensor]:
     return scores
 
 
+def mean_energy(site) -> Tensor:
+    """A site's energy per channel, averaged over the batches it observed (float64, on the CPU)."""
+    return site.stat_energy.detach().double().cpu() / max(int(site.stat_batches), 1)
+
+
 def relative_mean_energy(model: nn.Module) -> dict[str, Tensor]:
     """Per site, each channel's mean energy per batch over the mean of the site's kept channels."""
     relative = {}
     for name, site in support_sites(model):
-        energy = site.stat_energy.detach().double().cpu() / max(int(site.stat_batches), 1)
+        energy = mean_energy(site)
         live = site.keep.detach().cpu() > 0
         mean = energy[live].mean() if bool(live.any()) else energy.new_zeros(())
         relative[name] = (energy / mean if mean > 0 else torch.zeros_like(energy)).float()
@@ -101,7 +106,7 @@ def lamp_rescaled(values: Tensor, live: Tensor) -> Tensor:
 def energy_lamp(model: nn.Module) -> dict[str, Tensor]:
     scores = {}
     for name, site in support_sites(model):
-        energy = site.stat_energy.detach().double().cpu() / max(int(site.stat_batches), 1)
+        energy = mean_energy(site)
         scores[name] = lamp_rescaled(energy, site.keep.detach().cpu() > 0)
     return scores
 
