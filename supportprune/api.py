@@ -56,7 +56,10 @@ class SupportPruner:
         self._pruned_weights: dict[str, Tensor] | None = None  # what pruned channels had, for redense's restore
 
     def start_sparse(self) -> None:
-        """From now on each training batch applies its B-alternation mask and the support statistics are recorded."""
+        """From now on each training batch applies its B-alternation mask and the support statistics are recorded.
+        η*'s β is first estimated from the trained biases (``dsd.estimate_beta``), as the CLI's Sparse step does."""
+        if self.config.beta == "estimated":
+            dsd.estimate_beta(self.model, self.example_input)
         dsd.begin_sparse(self.model, self.config)
 
     def prune(self) -> dsd.AlternationResult:

@@ -129,13 +129,13 @@ def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
 
 
 def _recipe_with_options(recipe: Optional[str], model: str, data: Optional[str], overrides: dict,
-                         model_args: Optional[List[str]] = None):
+                         model_args: Optional[List[str]] = None, trained: bool = False):
     """(the recipe file ``resolve_recipe`` picks, that recipe with the command line's options on top);
     options left at None are not given; ``--model-arg`` values are added to the recipe's ``model_args``.
     Errors name the file and the option."""
     from supportprune.inputs.recipe import load_recipe, resolve_recipe, with_overrides
 
-    recipe_path = resolve_recipe(recipe, model, data)
+    recipe_path = resolve_recipe(recipe, model, data, trained=trained)
     loaded = load_recipe(recipe_path)
     if model_args:
         overrides = {**overrides, "model_args": {**loaded.model_args, **_model_args(model_args)}}
@@ -180,9 +180,9 @@ def _ints(text: Optional[str], option: str) -> Optional[list[int]]:
 @friendly_errors
 def compress(
     model: str = typer.Argument(..., help="torchvision model name (resnet18, vgg16, googlenet, ...) or package.module:factory"),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe file or shipped recipe name (default: 'embedded' for the embedded data, else recipes/MODEL.yaml)"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe file or shipped recipe name (default: recipes/MODEL.yaml for data other than the embedded, else 'pretrained' with --weights, else 'embedded')"),
     data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagenet:DIR | folder:DIR"),
-    weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights name (IMAGENET1K_V1, DEFAULT) or a file (state dict or supportprune checkpoint)"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights name (IMAGENET1K_V1, DEFAULT) or a file (state dict or supportprune checkpoint): the trained model to compress"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/MODEL)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (overrides the recipe)"),
@@ -216,7 +216,7 @@ def compress(
         "sparse.criterion": criterion, "sparse.alternation": sparse_alternation, "sparse.allocation": allocation,
         "sparse.target_latency": target_latency, "sparse.latency_table": latency_table, "export.int8": int8,
     }
-    recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides, model_arg)
+    recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides, model_arg, trained=weights is not None)
     out_dir = out or Path("runs") / _run_name(model)
     _ErrorLog.use_run_dir(out_dir)
     reporter = RichReporter()
@@ -269,7 +269,7 @@ def train_command(
 @friendly_errors
 def experiment(
     model: str = typer.Argument("resnet18", help="torchvision model name or package.module:factory"),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="base recipe (default: embedded); its train, sparse and redense sections set every run"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="base recipe (default: pretrained with --weights, else embedded); its train, sparse and redense sections set every run"),
     data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagenet:DIR | folder:DIR"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds; tables give mean ± std over them"),
     targets: Optional[str] = typer.Option(None, "--targets", help="MACs fractions for accuracy against MACs (default 0.7,0.5,0.3; with --weights 0.5,0.3)"),
@@ -287,7 +287,7 @@ def experiment(
     """Measure the paper's claims with several seeds: Figure 3 and Table 7 (SGD vs I- vs B-alternation), Table 8 (DSD criteria), accuracy against MACs (support vs L1/L2/random); writes report.md with tables and plots. With --weights: every pruning criterion (support, its --variant ablations, the torch-pruning importances) from that trained model with the same budget, matched on MACs or predicted time, sparse models timed with ONNX Runtime. Resumes where it stopped."""
     from supportprune.experiment import ExperimentPlan, command_line, run_experiment
 
-    _, resolved = _recipe_with_options(recipe or "embedded", model, data,
+    _, resolved = _recipe_with_options(recipe or ("pretrained" if weights else "embedded"), model, data,
                                        {"data.source": data, "train.epochs": epochs, "weights": weights}, model_arg)
     kind = "criteria" if weights else "experiment"
     out = out or Path("results") / f"{kind}-{_run_name(model)}-{resolved.data.source.split(':')[0]}"

@@ -39,10 +39,19 @@ LATENCY_FILE = "latency.json"  # in each run directory: its sparse model timed a
 
 @dataclass(frozen=True)
 class Variant:
-    """The support criterion with some recipe keys changed (``NAME: key=value key=value``)."""
+    """A criterion with some recipe keys changed (``NAME: key=value key=value``): the support, or the baseline that
+    ``sparse.criterion`` names (a baseline given the support's distillation and revival, for a like-for-like pipeline)."""
 
     name: str
     overrides: dict[str, Any]
+
+    @property
+    def criterion(self) -> str:
+        return str(self.overrides.get("sparse.criterion", "support"))
+
+    @property
+    def method(self) -> str:
+        return f"{self.criterion}[{self.name}]"
 
 
 @dataclass
@@ -65,7 +74,12 @@ class ComparisonPlan:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        return self.criteria + tuple(f"support[{v.name}]" for v in self.variants)
+        return self.criteria + tuple(v.method for v in self.variants)
+
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        """The methods that are not the support: torch-pruning criteria, plain or as variants."""
+        return tuple(m for m in self.methods if m != "support" and not m.startswith("support["))
 
 
 def parse_variant(text: str) -> Variant:
@@ -132,8 +146,8 @@ def run_name(allocation: str, target: float, method: str, seed: int) -> str:
 
 def _method_overrides(plan: ComparisonPlan, method: str, target: float, allocation: str) -> dict[str, Any]:
     overrides: dict[str, Any] = {"sparse.target_macs": target, "sparse.allocation": allocation}
-    if method.startswith("support["):
-        variant = next(v for v in plan.variants if f"support[{v.name}]" == method)
+    variant = next((v for v in plan.variants if v.method == method), None)
+    if variant is not None:
         return {**overrides, "sparse.criterion": "support", **variant.overrides}
     return {**overrides, "sparse.criterion": method}
 
@@ -220,7 +234,7 @@ def comparison_table(plan: ComparisonPlan, runs: dict[str, dict[str, Any]], allo
             "speedup": {b: statistics.fmean(r["speedup"][b] for r in seeded) for b in seeded[0]["speedup"]},
             "baseline_top1": seeded[0]["baseline_top1"],
         }
-    baselines = [m for m in plan.criteria if m != "support"]
+    baselines = plan.baselines
     best = max(baselines, key=lambda m: mean_std(rows[m]["sparse"])[0]) if baselines else None
     for method, row in rows.items():
         if best is not None and method != best:
@@ -283,7 +297,7 @@ def write_comparison_report(plan: ComparisonPlan, runs: dict[str, dict[str, Any]
         "",
     ]
     for variant in plan.variants:
-        lines.append(f"- `support[{variant.name}]`: support with "
+        lines.append(f"- `{variant.method}`: {variant.criterion} with "
                      + ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in variant.overrides.items()))
     if plan.variants:
         lines.append("")

@@ -63,3 +63,47 @@ def test_sites_fed_by_a_residual_sum_keep_beta_zero():
 def test_beta_key_is_validated():
     with pytest.raises(RecipeError, match="sparse.beta: must be one of zero, estimated"):
         recipe_from_dict({"sparse": {"beta": "learned"}})
+
+
+def test_a_model_fx_cannot_trace_gets_beta_from_one_recorded_forward():
+    from tests.user_models import ShapeChecked
+
+    x = torch.randn(2, 1, 8, 8)
+    torch.manual_seed(0)
+    plain = ShapeChecked().eval()
+    model = convert_relus(ShapeChecked(), x)  # recorded, not traced
+    model.load_state_dict(plain.state_dict(), strict=False)
+    assert not isinstance(model, torch.fx.GraphModule)
+    biases = {name: model.get_submodule(name).bias.detach().clone() for name in ("conv1", "conv2", "fc1")}
+    assert dsd.estimate_beta(model) == (0, 3)  # without an input there is nothing to record
+    assert dsd.estimate_beta(model, x) == (3, 3)  # conv1 → relu1, conv2 → relu2 (in place), fc1 → relu3
+    for site, producer in (("relu1", "conv1"), ("relu2", "conv2"), ("relu3", "fc1")):
+        torch.testing.assert_close(model.get_submodule(site).beta, -biases[producer])
+        assert float(model.get_submodule(producer).bias.abs().sum()) == 0
+    # η*{Wz; β} on the support, as on the traced path: ReLU(Wz − β) + β·[Wz > β] (Eq. 9)
+    q = plain.conv1(x) - biases["conv1"].view(1, -1, 1, 1)
+    beta = -biases["conv1"].view(1, -1, 1, 1)
+    torch.testing.assert_close(model.relu1(model.conv1(x)), torch.where(q > beta, q, torch.zeros(())))
+    assert dsd.estimate_beta(model, x) == (3, 3)  # idempotent
+
+
+def test_a_layer_read_by_more_than_its_site_keeps_its_bias():
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            if x.shape[1] != 2:  # not fx-traceable
+                raise ValueError("two channels")
+            y = self.conv(x)
+            return self.relu(y) + y  # y is read by the site and by the sum
+
+    x = torch.randn(2, 2, 5, 5)
+    model = convert_relus(Residual(), x)
+    bias = model.conv.bias.detach().clone()
+    assert dsd.estimate_beta(model, x) == (0, 1)
+    torch.testing.assert_close(model.conv.bias.detach(), bias)
+    with pytest.raises(ValueError, match="converted model"):
+        dsd.estimate_beta(Residual())

@@ -22,8 +22,9 @@ RECIPE = {
     "seed": 0,
     "data": {"source": "embedded", "input_size": 12, "batch_size": 32},
     "dense": {"epochs": 0},
-    "sparse": {"epochs": 1, "lr": 0.01, "relative_threshold": 0.2, "prune_at": [1], "target_macs": 0.5, "round_to": 1},
-    "redense": {"epochs": 1, "lr": 0.005},
+    "sparse": {"epochs": 1, "lr": 0.01, "relative_threshold": 0.2, "prune_at": [1], "target_macs": 0.5, "round_to": 1,
+               "distill": None},
+    "redense": {"epochs": 1, "lr": 0.005, "distill": None},
     "export": {"int8": False},
     "bench": {"batch_sizes": [1, 4], "runs": 3, "warmup": 1},
 }
@@ -66,6 +67,19 @@ def test_the_table_pairs_each_method_with_the_best_baseline_by_seed():
     assert "does not hold" in lines[0] and "taylor" in lines[0]
     # re-dense 90.5 against the starting model's 90.0
     assert lines[1].startswith("support re-Dense top-1 90.50%") and "holds" in lines[1] and "not" not in lines[1]
+
+
+def test_a_variant_naming_a_baseline_criterion_is_a_baseline():
+    kd = parse_variant("kd: sparse.criterion=l1 sparse.distill.alpha=0.7")
+    plan = ComparisonPlan("m", recipe_from_dict(RECIPE, "test"), Path("."), criteria=("support", "l1"),
+                          variants=(kd, parse_variant("x: sparse.beta=estimated")), seeds=(0,), targets=(0.5,))
+    assert plan.methods == ("support", "l1", "l1[kd]", "support[x]")
+    assert plan.baselines == ("l1", "l1[kd]")
+    sparse = {"support": 88.0, "l1": 87.0, "l1[kd]": 89.0, "support[x]": 88.5}
+    runs = {run_name("global", 0.5, m, 0): _summary(v, None) for m, v in sparse.items()}
+    table = comparison_table(plan, runs, "global", 0.5)
+    assert table["best_baseline"] == "l1[kd]"  # the distilled baseline beat the plain one
+    assert table["rows"]["support[x]"]["paired_vs_best"] == [-0.5]
 
 
 def test_experiment_with_weights_compares_criteria_at_the_same_macs_and_reuses_finished_runs(tmp_path, monkeypatch):

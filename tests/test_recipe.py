@@ -15,7 +15,7 @@ from supportprune.inputs.recipe import (
 
 
 def test_shipped_recipes_are_the_expected_ones():
-    assert set(shipped_recipes()) == {"embedded", "resnet18", "vgg16", "googlenet", "starting-points"}
+    assert set(shipped_recipes()) == {"embedded", "pretrained", "resnet18", "vgg16", "googlenet", "starting-points"}
 
 
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
@@ -96,8 +96,17 @@ def test_resolve_recipe():
     assert resolve_recipe(None, "resnet18", None).name == "embedded.yaml"
     assert resolve_recipe(None, "vgg16", "imagenet:/data").name == "vgg16.yaml"
     assert resolve_recipe("googlenet", "resnet18", None).name == "googlenet.yaml"
-    with pytest.raises(RecipeError, match="no shipped recipe for 'alexnet'"):
+    with pytest.raises(RecipeError, match="no shipped recipe for 'alexnet'.*--recipe pretrained"):
         resolve_recipe(None, "alexnet", "cifar10:/data")
+    # A trained model (--weights) is fine-tuned, not trained again: no Dense step, on any data.
+    assert resolve_recipe(None, "resnet18", None, trained=True).name == "pretrained.yaml"
+    assert resolve_recipe(None, "my.pkg:factory", "folder:/data", trained=True).name == "pretrained.yaml"
+    assert resolve_recipe(None, "vgg16", "imagenet:/data", trained=True).name == "vgg16.yaml"
+    # The ImageNet recipes are for ImageNet: a trained resnet18 on other data gets the generic one.
+    assert resolve_recipe(None, "resnet18", "fashion-mnist:/data", trained=True).name == "pretrained.yaml"
+    with pytest.raises(RecipeError, match="no shipped recipe for 'resnet18' on cifar10"):
+        resolve_recipe(None, "resnet18", "cifar10:/data")
+    assert load_recipe(resolve_recipe(None, "resnet18", None, trained=True)).dense.epochs == 0
 
 
 def test_a_run_saved_before_an_option_existed_still_matches(tmp_path):

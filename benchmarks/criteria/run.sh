@@ -2,8 +2,11 @@
 # The criteria comparison of issue #14 on the starting points (tools/train_starting_points.py).
 # Resumable: run it again and finished runs are read, not repeated (runs/criteria-MODEL/...).
 #   stage screen: every criterion and every support variant, seed 0, at 50% and 30% of the MACs
-#   stage seeds:  the support as it was, the best baseline of the screen (lamp) and the best combination
-#                 of support options (best_consumer), seeds 0-2
+#   stage seeds:  the support as it was, the best baseline of the screen (lamp) and the shipped default
+#                 (new_default: best_consumer with τ 0, as recipes/resnet18.yaml), seeds 0-2
+#                 (the committed resnet18 seeds used best_consumer, τ 0.2: the screen had τ 0 within ±0.2)
+#   stage pipeline: like for like: LAMP given the support's distillation and revival (lamp_kd) against
+#                 best_consumer, seeds 0-2 (a --variant that sets sparse.criterion is a baseline)
 # Usage: benchmarks/criteria/run.sh MODEL STAGE [extra experiment options, e.g. --criteria]
 # (STEPS=N sets the steps per epoch; 50 in the committed results.)
 set -euo pipefail
@@ -14,6 +17,8 @@ common=(experiment "$model" --recipe benchmarks/criteria/fashion-mnist.yaml --we
         --max-steps "$steps" --runs-dir "runs/criteria-$model" --targets 0.5,0.3)
 best_consumer="best_consumer: sparse.support_statistic=energy_x_consumer sparse.beta=estimated sparse.distill.alpha=0.7 redense.distill.alpha=0.7 redense.revive=restore"
 best_lamp="best_lamp: sparse.support_statistic=energy_lamp sparse.beta=estimated sparse.distill.alpha=0.7 redense.distill.alpha=0.7 redense.revive=restore"
+new_default="new_default: sparse.relative_threshold=0 sparse.support_statistic=energy_x_consumer sparse.beta=estimated sparse.distill.alpha=0.7 redense.distill.alpha=0.7 redense.revive=restore"
+lamp_kd="lamp_kd: sparse.criterion=lamp sparse.distill.alpha=0.7 redense.distill.alpha=0.7 redense.revive=restore"
 variants=(
   --variant "consumer: sparse.support_statistic=energy_x_consumer"
   --variant "frequency: sparse.support_statistic=frequency"
@@ -28,6 +33,8 @@ variants=(
 case $stage in
   screen) exec python -m supportprune "${common[@]}" --seeds 0 --out "results/criteria-$model-screen" "${variants[@]}" "$@" ;;
   seeds)  exec python -m supportprune "${common[@]}" --seeds 0,1,2 --out "results/criteria-$model" --criteria support,lamp \
-               --variant "$best_consumer" "$@" ;;
-  *) echo "stage: screen or seeds" >&2; exit 2 ;;
+               --variant "$new_default" "$@" ;;
+  pipeline) exec python -m supportprune "${common[@]}" --seeds 0,1,2 --out "results/criteria-$model-pipeline" --criteria lamp \
+               --variant "$best_consumer" --variant "$lamp_kd" "$@" ;;
+  *) echo "stage: screen, seeds or pipeline" >&2; exit 2 ;;
 esac

@@ -42,6 +42,7 @@ with none of ReLU/ReLU6 raises ``TraceError`` naming what it found.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -434,3 +435,70 @@ class _CallRouting(TorchFunctionMode):
 def call_routing(model: nn.Module) -> _CallRouting | None:
     """The routing a recorded conversion installed on ``model``, if any."""
     return model.__dict__.get("_support_call_routing")
+
+
+class _ReadCounter(TorchFunctionMode):
+    """Counts, per watched tensor, the torch calls that read it outside the support sites' own forwards. Only
+    tensors in ``watched`` (kept alive there) count: a freed temporary's id can be reused by a later tensor."""
+
+    def __init__(self, watched: dict[int, Any]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.closed: set[int] = set()  # tensors an in-place site has overwritten: later reads read the site's output
+        self.reads: dict[int, int] = {}
+        self.inside_site = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.inside_site:
+            for value in torch.utils._pytree.tree_leaves((args, kwargs)):
+                if isinstance(value, Tensor) and id(value) in self.watched and id(value) not in self.closed:
+                    self.reads[id(value)] = self.reads.get(id(value), 0) + 1
+        return func(*args, **kwargs)
+
+
+def recorded_site_producers(model: nn.Module, example_input: Tensor, producer_types: tuple[type, ...]) -> dict[str, str]:
+    """For a model converted without torch.fx: per support site, the module (of ``producer_types``) whose output is
+    exactly the site's input and is read by nothing else, found in one recorded forward pass (by tensor identity;
+    any other torch call on that output, a residual sum or a shape query alike, rules the site out). What torch.fx's
+    graph gives ``dsd.estimate_beta`` on the traced path."""
+    names = {module: name for name, module in model.named_modules()}
+    produced: dict[int, tuple[str, Tensor]] = {}  # the tensor is kept so that its id is not reused
+    site_inputs: dict[str, int] = {}
+    counter = _ReadCounter(produced)
+
+    def record_output(module, args, output):
+        if isinstance(output, Tensor):
+            produced[id(output)] = (names[module], output)
+
+    def enter_site(module, args):
+        if args and isinstance(args[0], Tensor):
+            site_inputs.setdefault(names[module], id(args[0]))
+        counter.inside_site += 1
+
+    def leave_site(module, args, output):
+        counter.inside_site -= 1
+        if args and output is args[0]:  # an in-place site: its output is the producer's tensor, overwritten
+            counter.closed.add(id(output))
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, SupportSite):
+            handles.append(module.register_forward_pre_hook(enter_site))
+            handles.append(module.register_forward_hook(leave_site, always_call=True))
+        elif isinstance(module, producer_types):
+            handles.append(module.register_forward_hook(record_output))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            model(example_input.clone())
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    producers = {}
+    for site, tensor_id in site_inputs.items():
+        if tensor_id in produced and counter.reads.get(tensor_id, 0) == 0:
+            producers[site] = produced[tensor_id][0]
+    return producers

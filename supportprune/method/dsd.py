@@ -33,6 +33,7 @@ from supportprune.method.pruning import (
     zero_pruned_connections,
 )
 from supportprune.inputs.recipe import SparseConfig
+from supportprune.method.convert import recorded_site_producers
 from supportprune.method.support import SupportSite, reset_support_stats, set_site_mode, support_sites
 
 
@@ -189,7 +190,7 @@ def scheduled_config(config: SparseConfig, epoch: int) -> SparseConfig:
 _BIASED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
-def estimate_beta(model: nn.Module) -> tuple[int, int]:
+def estimate_beta(model: nn.Module, example_input: Tensor | None = None) -> tuple[int, int]:
     """η*'s β as the paper sets it: the learnable threshold/bias of ReLU(Wz − β) (Eq. 7), found by regular
     SGD before alternation (section 4.1: "The bias β is also initialized this way"), then used in
     η*{Wz; β} (Eq. 9). Where a site's input comes straight from a layer with a bias b (a batch norm's
@@ -197,20 +198,30 @@ def estimate_beta(model: nn.Module) -> tuple[int, int]:
     threshold: β ← β − b, b ← 0, and b is frozen (η*'s output does not depend on β where it is
     differentiable, so β gets no gradient: it stays what SGD made it). Idempotent (β − 0 = β), so it
     is run again when a run resumes. Sites fed otherwise (a residual sum) keep β = 0. Sites with a
-    negative β take the reference path: the fused backward assumes β ≥ 0. Returns (sites estimated, sites)."""
-    if not isinstance(model, torch.fx.GraphModule):
+    negative β take the reference path: the fused backward assumes β ≥ 0. Returns (sites estimated, sites).
+    The producers come from the fx graph, or, for a model converted without torch.fx, from one recorded
+    forward pass on ``example_input`` (without it, such a model keeps β = 0 everywhere)."""
+    sites = dict(support_sites(model))
+    if not sites:
         raise ValueError("estimate_beta needs the converted model (convert_relus)")
     modules = dict(model.named_modules())
-    estimated = total = 0
-    for node in model.graph.nodes:
-        site = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(site, SupportSite):
-            continue
-        total += 1
-        producer_node = node.args[0]
-        producer = modules.get(producer_node.target) if producer_node.op == "call_module" else None
+    if isinstance(model, torch.fx.GraphModule):
+        producers = {}
+        for node in model.graph.nodes:
+            if node.op != "call_module" or node.target not in sites:
+                continue
+            producer_node = node.args[0]
+            if producer_node.op == "call_module" and len(producer_node.users) == 1:
+                producers[node.target] = producer_node.target
+    elif example_input is not None:
+        producers = recorded_site_producers(model, example_input, _BIASED)
+    else:
+        producers = {}
+    estimated = 0
+    for name, site in sites.items():
+        producer = modules.get(producers.get(name, ""))
         bias = getattr(producer, "bias", None) if isinstance(producer, _BIASED) else None
-        if bias is None or len(producer_node.users) != 1 or bias.shape != site.beta.shape:
+        if bias is None or bias.shape != site.beta.shape:
             continue
         with torch.no_grad():
             site.beta.sub_(bias.detach().to(site.beta.dtype))
@@ -218,7 +229,7 @@ def estimate_beta(model: nn.Module) -> tuple[int, int]:
         bias.requires_grad_(False)
         site.fused = not bool((site.beta < 0).any())
         estimated += 1
-    return estimated, total
+    return estimated, len(sites)
 
 
 def remember_pruned_weights(saved: dict[str, Tensor] | None, model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:

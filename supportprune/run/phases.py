@@ -87,7 +87,8 @@ class DensePhase(Phase):
 
 def estimate_beta(context: RunContext, announce: bool) -> None:
     if context.recipe.sparse.beta == "estimated":
-        estimated, sites = dsd.estimate_beta(context.model)  # idempotent: a resumed run re-freezes the moved biases
+        # idempotent: a resumed run re-freezes the moved biases
+        estimated, sites = dsd.estimate_beta(context.model, context.example)
         if announce:
             context.reporter.message(f"β estimated (the trained biases) at {estimated} of {sites} sites")
 
