@@ -107,3 +107,31 @@ def test_a_layer_read_by_more_than_its_site_keeps_its_bias():
     torch.testing.assert_close(model.conv.bias.detach(), bias)
     with pytest.raises(ValueError, match="converted model"):
         dsd.estimate_beta(Residual())
+
+
+@pytest.mark.parametrize("architecture", ["resnet18", "mobilenet_v2"])
+def test_the_recorded_forward_finds_the_layers_the_fx_graph_finds(architecture):
+    import torchvision
+
+    from supportprune.method.convert import _convert_recorded
+
+    x = torch.randn(2, 3, 32, 32)
+    traced = convert_relus(getattr(torchvision.models, architecture)(num_classes=10), x)
+    recorded = _convert_recorded(getattr(torchvision.models, architecture)(num_classes=10), x)
+    assert isinstance(traced, torch.fx.GraphModule) and not isinstance(recorded, torch.fx.GraphModule)
+
+    def frozen(model):
+        return {name for name, module in model.named_modules()
+                if getattr(module, "bias", None) is not None and not module.bias.requires_grad}
+
+    assert dsd.estimate_beta(traced) == dsd.estimate_beta(recorded, x)
+    assert frozen(traced) == frozen(recorded) != set()  # resnet18: the 9 batch norms not followed by a residual sum
+
+
+def test_functional_relu_sites_get_their_producers_too():
+    from tests.user_models import Functional
+
+    x = torch.randn(2, 1, 16, 16)
+    model = convert_relus(Functional(), x)  # six functional spellings behind a shape check, two in place
+    # the routing's channel-count checks (x.dim(), x.shape) read no values: every site finds its layer
+    assert dsd.estimate_beta(model, x) == (6, 6)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from supportprune.method.distill import DistillationLoss, distillation_loss
-from supportprune.inputs.recipe import RecipeError, recipe_from_dict
+from supportprune.inputs.recipe import DistillConfig, RecipeError, recipe_from_dict
 from supportprune.run.training_loop import cross_entropy_loss
 
 
@@ -47,8 +47,10 @@ def test_the_teacher_is_frozen_in_eval_mode_and_only_the_student_learns():
 
 
 def test_distill_keys_are_validated():
-    recipe = recipe_from_dict({"redense": {"distill": {"alpha": 0.7, "temperature": 2}}})
-    assert (recipe.redense.distill.alpha, recipe.redense.distill.temperature, recipe.sparse.distill) == (0.7, 2.0, None)
+    recipe = recipe_from_dict({"redense": {"distill": {"alpha": 0.5, "temperature": 2}}, "sparse": {"distill": None}})
+    assert (recipe.redense.distill.alpha, recipe.redense.distill.temperature, recipe.sparse.distill) == (0.5, 2.0, None)
+    # On by default (it won from trained starting points): α 0.7, T 4
+    assert recipe_from_dict({}).sparse.distill == recipe_from_dict({}).redense.distill == DistillConfig(0.7, 4.0)
     with pytest.raises(RecipeError, match="sparse.distill.alpha: a weight in"):
         recipe_from_dict({"sparse": {"distill": {"alpha": 1.5}}})
     with pytest.raises(RecipeError, match="dense.distill: unknown key"):

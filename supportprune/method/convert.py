@@ -437,9 +437,14 @@ def call_routing(model: nn.Module) -> _CallRouting | None:
     return model.__dict__.get("_support_call_routing")
 
 
+_VALUE_READS = frozenset({"item", "tolist", "numpy"})  # calls that read values without returning a tensor
+
+
 class _ReadCounter(TorchFunctionMode):
-    """Counts, per watched tensor, the torch calls that read it outside the support sites' own forwards. Only
-    tensors in ``watched`` (kept alive there) count: a freed temporary's id can be reused by a later tensor."""
+    """Counts, per watched tensor, the torch calls that read its values outside the support sites' own forwards:
+    calls that return a tensor, or a value (``item``); a shape or dtype query (``dim``, ``x.shape``) reads no
+    value and does not count. Only tensors in ``watched`` (kept alive there) count: a freed temporary's id can be
+    reused by a later tensor."""
 
     def __init__(self, watched: dict[int, Any]) -> None:
         super().__init__()
@@ -450,11 +455,14 @@ class _ReadCounter(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if not self.inside_site:
+        result = func(*args, **kwargs)
+        reads_values = getattr(func, "__name__", "") in _VALUE_READS or any(
+            isinstance(leaf, Tensor) for leaf in torch.utils._pytree.tree_leaves(result))
+        if not self.inside_site and reads_values:
             for value in torch.utils._pytree.tree_leaves((args, kwargs)):
                 if isinstance(value, Tensor) and id(value) in self.watched and id(value) not in self.closed:
                     self.reads[id(value)] = self.reads.get(id(value), 0) + 1
-        return func(*args, **kwargs)
+        return result
 
 
 def recorded_site_producers(model: nn.Module, example_input: Tensor, producer_types: tuple[type, ...]) -> dict[str, str]:
