@@ -135,3 +135,16 @@ def test_functional_relu_sites_get_their_producers_too():
     model = convert_relus(Functional(), x)  # six functional spellings behind a shape check, two in place
     # the routing's channel-count checks (x.dim(), x.shape) read no values: every site finds its layer
     assert dsd.estimate_beta(model, x) == (6, 6)
+
+
+def test_beta_is_a_support_option_baselines_keep_plain_relu():
+    from supportprune import SupportPruner
+
+    x = torch.randn(2, 1, 6, 6)
+    for criterion, moved in (("support", True), ("l1", False)):
+        pruner = SupportPruner(_conv_bn_relu(), x, criterion=criterion, round_to=1)
+        assert pruner.config.beta == "estimated"  # the default
+        pruner.start_sparse()
+        (_, site), = support_sites(pruner.model)
+        assert bool(site.beta.abs().sum() > 0) is moved
+        assert bool(pruner.model.get_submodule("1").bias.abs().sum() == 0) is moved

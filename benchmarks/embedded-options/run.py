@@ -35,6 +35,7 @@ VARIANTS = {
     "τ 0 only": {**BEFORE, "sparse.relative_threshold": 0.0, **NO_DISTILL},
     "winners without distillation (the recipe)": {**WINNERS, **NO_DISTILL},
     "winners with distillation (α 0.7)": {**WINNERS, **DISTILL},
+    "criterion lamp instead of the support (no distillation)": {**WINNERS, **NO_DISTILL, "sparse.criterion": "lamp"},
 }
 
 

@@ -135,7 +135,9 @@ class SparseConfig(PhaseConfig):
     # MACs target at alternation point k of K: final (target_macs at every point), or from 1 down to
     # target_macs, linearly or cubically (Zhu & Gupta 2017's gradual pruning; see dsd.scheduled_target).
     target_schedule: str = "final"
-    beta: str = "estimated"  # η*'s β: zero (η* = ReLU), or estimated (the trained bias before each site; dsd.estimate_beta)
+    # η*'s β: zero (η* = ReLU), or estimated (the trained bias before each site; dsd.estimate_beta). Criterion
+    # support only: the baselines prune a network with plain η* (ReLU).
+    beta: str = "estimated"
     distill: Optional[DistillConfig] = DistillConfig()  # teacher: the model at the end of the Dense step; null: none
 
     def __post_init__(self) -> None:

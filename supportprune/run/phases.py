@@ -86,7 +86,9 @@ class DensePhase(Phase):
 
 
 def estimate_beta(context: RunContext, announce: bool) -> None:
-    if context.recipe.sparse.beta == "estimated":
+    sparse = context.recipe.sparse
+    # A support option, like the training masks: a baseline criterion prunes a network with plain η* (ReLU).
+    if sparse.beta == "estimated" and sparse.criterion == "support":
         # idempotent: a resumed run re-freezes the moved biases
         estimated, sites = dsd.estimate_beta(context.model, context.example)
         if announce:
