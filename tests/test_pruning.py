@@ -193,3 +193,36 @@ def test_threshold_search_meets_the_macs_target():
     for name, mask in keep.items():
         # Channels kept have max relative energy above the threshold or were coupled to one that has.
         assert bool((max_relative[name][mask == 0] <= threshold).all())
+
+
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_the_budget_left_by_the_search_is_filled_best_score_first(round_to):
+    from supportprune.method.pruning import fill_macs_budget, plan_keep_masks
+
+    from digit_classifier import DigitNet
+
+    torch.manual_seed(0)
+    model, example = _converted(DigitNet(input_size=32), size=32)
+    baseline = count_macs_params(model, example)[0]
+    target = int(0.5 * baseline)
+    scores = {name: torch.rand(site.channels) for name, site in support_sites(model)}
+    _, searched, searched_macs = search_relative_threshold(model, example, scores, target, round_to=round_to)
+    keep, macs = fill_macs_budget(model, example, scores, searched, target, round_to=round_to)
+    assert searched_macs <= macs <= target
+    if round_to == 1:  # here the search stops at 48.6% of the MACs; the fill brings it to 49.9% (round_to 4: 38.8% to 41.1%)
+        assert macs > searched_macs
+    assert macs == _pruned_macs(model, example, keep)
+    assert all(bool((keep[n] >= searched[n]).all()) for n in keep)  # only gives channels back
+    # Maximal: no single channel still pruned fits in what is left of the budget.
+    for name, mask in keep.items():
+        for index in (mask == 0).nonzero().flatten().tolist():
+            zero = {n: m == 0 for n, m in keep.items()}
+            zero[name][index] = False
+            grown = plan_keep_masks(model, example, zero, round_to=round_to, scores=scores)
+            assert _pruned_macs(model, example, grown) > target
+
+
+def _pruned_macs(model, example, keep):
+    trial = copy.deepcopy(model)
+    apply_keep_masks(trial, keep)
+    return count_macs_params(prune_to_keep_masks(trial, example), example)[0]

@@ -25,6 +25,7 @@ from supportprune.method.criteria import Criterion, apply_weight_masks, magnitud
 from supportprune.method.pruning import (
     apply_keep_masks,
     count_macs_params,
+    fill_macs_budget,
     plan_keep_masks,
     prune_to_keep_masks,
     pruned_connection_masks,
@@ -119,9 +120,9 @@ def alternation_point(
         threshold = float(torch.cat(pruned).max()) if sum(p.numel() for p in pruned) else 0.0
         predicted_speedup = dense_latency / latency if latency > 0 else None
     elif config.target_macs is not None:
-        threshold, keep, _ = search_relative_threshold(
-            model, example_input, scores, int(config.target_macs * baseline_macs), round_to=config.round_to
-        )
+        target = int(config.target_macs * baseline_macs)
+        threshold, keep, _ = search_relative_threshold(model, example_input, scores, target, round_to=config.round_to)
+        keep, _ = fill_macs_budget(model, example_input, scores, keep, target, round_to=config.round_to)
     else:  # the support without a target: the channels whose support stayed zero at the training threshold
         threshold = float(next(site for _, site in support_sites(model)).relative_threshold)
         keep = plan_keep_masks(model, example_input, zero_support_channels(model), round_to=config.round_to, scores=scores)

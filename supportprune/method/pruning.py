@@ -287,6 +287,52 @@ def count_macs_params(model: nn.Module, example_input: Tensor) -> tuple[int, int
     return int(macs), int(params)
 
 
+def fill_macs_budget(
+    model: nn.Module,
+    example_input: Tensor,
+    scores: dict[str, Tensor],
+    keep: dict[str, Tensor],
+    target_macs: int,
+    *,
+    round_to: int = 1,
+    max_trials: int = 48,
+) -> tuple[dict[str, Tensor], int]:
+    """``keep`` (a threshold search's masks, at or under ``target_macs``) with pruned channels given back, best
+    score first, while the model stays within ``target_macs``. The threshold search stops at the first threshold
+    under the target; with ``round_to`` channels per step a group's count jumps, so that can land well under it
+    (a 16-channel layer at ``round_to`` 8 keeps 8 or 16). A channel that does not fit rules out the rest of its
+    site. At most ``max_trials`` MACs counts. Returns (keep masks, MACs)."""
+    def macs_of(masks: dict[str, Tensor]) -> int:
+        trial = copy.deepcopy(model)
+        apply_keep_masks(trial, masks)
+        return count_macs_params(prune_to_keep_masks(trial, example_input), example_input)[0]
+
+    alive = {name: (site.keep > 0).cpu() for name, site in support_sites(model)}
+    keep = {name: mask.cpu().clone() for name, mask in keep.items()}
+    macs = macs_of(keep)
+    candidates = sorted(
+        ((float(scores[name].cpu().flatten()[index]), name, index)
+         for name, mask in keep.items() for index in ((mask == 0) & alive[name]).nonzero().flatten().tolist()),
+        key=lambda item: -item[0])
+    full: set[str] = set()
+    trials = 0
+    for _, name, index in candidates:
+        if trials >= max_trials:
+            break
+        if name in full or keep[name][index] > 0:  # a site that is full, or a channel an earlier step brought back
+            continue
+        zero = {n: mask == 0 for n, mask in keep.items()}
+        zero[name][index] = False
+        trial_keep = plan_keep_masks(model, example_input, zero, round_to=round_to, scores=scores)
+        trials += 1
+        trial_macs = macs_of(trial_keep)
+        if trial_macs <= target_macs:
+            keep, macs = trial_keep, trial_macs
+        else:
+            full.add(name)
+    return keep, macs
+
+
 def search_relative_threshold(
     model: nn.Module,
     example_input: Tensor,
