@@ -1,5 +1,7 @@
 """sparse.beta estimated: the trained bias before a site becomes η*'s threshold (Eq. 7 → Eq. 9)."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -143,7 +145,8 @@ def test_beta_is_a_support_option_baselines_keep_plain_relu():
     x = torch.randn(2, 1, 6, 6)
     for criterion, moved in (("support", True), ("l1", False)):
         pruner = SupportPruner(_conv_bn_relu(), x, criterion=criterion, round_to=1)
-        assert pruner.config.beta == "estimated"  # the default
+        assert pruner.config.beta == "zero"  # the default: η* = ReLU exports as a fusable Relu
+        pruner.config = dataclasses.replace(pruner.config, beta="estimated")
         pruner.start_sparse()
         (_, site), = support_sites(pruner.model)
         assert bool(site.beta.abs().sum() > 0) is moved
