@@ -199,7 +199,9 @@ def test_sigkill_after_pruning_then_resume_equals_the_uninterrupted_run(tmp_path
     stray.write_bytes((out / "checkpoints" / "last.pt").read_bytes()[:200])
     resumed = _compress(tmp_path, out)
     assert resumed.exit_code == 0, resumed.output
-    assert "resuming" in resumed.output and ", step " in resumed.output and "warning" not in resumed.output
+    assert "resuming" in resumed.output and ", step " in resumed.output
+    # No warning about the checkpoints (an int8 model agreeing with fp32 on under 99% of images is warned about too).
+    assert not [line for line in resumed.output.splitlines() if "warning" in line and "int8 top-1 agrees" not in line]
     _assert_same_run(out, reference)
 
 
