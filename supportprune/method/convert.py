@@ -467,9 +467,9 @@ class _ReadCounter(TorchFunctionMode):
 
 def recorded_site_producers(model: nn.Module, example_input: Tensor, producer_types: tuple[type, ...]) -> dict[str, str]:
     """For a model converted without torch.fx: per support site, the module (of ``producer_types``) whose output is
-    exactly the site's input and is read by nothing else, found in one recorded forward pass (by tensor identity;
-    any other torch call on that output, a residual sum or a shape query alike, rules the site out). What torch.fx's
-    graph gives ``dsd.estimate_beta`` on the traced path."""
+    exactly the site's input and whose values nothing else reads, found in one recorded forward pass (by tensor
+    identity; any other read of that output, a residual sum say, rules the site out; a shape query does not). What
+    torch.fx's graph gives ``dsd.estimate_beta`` on the traced path."""
     names = {module: name for name, module in model.named_modules()}
     produced: dict[int, tuple[str, Tensor]] = {}  # the tensor is kept so that its id is not reused
     site_inputs: dict[str, int] = {}
