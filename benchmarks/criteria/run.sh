@@ -7,6 +7,8 @@
 #                 (the committed resnet18 seeds used best_consumer, τ 0.2: the screen had τ 0 within ±0.2)
 #   stage pipeline: like for like: LAMP given the support's distillation and revival (lamp_kd) against
 #                 best_consumer, seeds 0-2 (a --variant that sets sparse.criterion is a baseline)
+#   stage pipeline-tau0: the same against new_default (τ 0; mobilenet_v2, where τ 0.2 collapses), one report per
+#                 target (results/criteria-MODEL-pipeline-TARGET)
 # Usage: benchmarks/criteria/run.sh MODEL STAGE [extra experiment options, e.g. --criteria]
 # (STEPS=N sets the steps per epoch; 50 in the committed results.)
 set -euo pipefail
@@ -36,5 +38,11 @@ case $stage in
                --variant "$new_default" "$@" ;;
   pipeline) exec python -m supportprune "${common[@]}" --seeds 0,1,2 --out "results/criteria-$model-pipeline" --criteria lamp \
                --variant "$best_consumer" --variant "$lamp_kd" "$@" ;;
-  *) echo "stage: screen, seeds or pipeline" >&2; exit 2 ;;
+  pipeline-tau0)
+    for target in 0.5 0.3; do
+      python -m supportprune experiment "$model" --recipe benchmarks/criteria/fashion-mnist.yaml --weights "starting-points/$model.pt" \
+        --max-steps "$steps" --runs-dir "runs/criteria-$model" --targets "$target" --seeds 0,1,2 --criteria lamp \
+        --variant "$new_default" --variant "$lamp_kd" --out "results/criteria-$model-pipeline-$target" "$@"
+    done ;;
+  *) echo "stage: screen, seeds, pipeline or pipeline-tau0" >&2; exit 2 ;;
 esac
