@@ -58,7 +58,7 @@ class SupportPruner:
     def start_sparse(self) -> None:
         """From now on each training batch applies its B-alternation mask and the support statistics are recorded.
         η*'s β is first estimated from the trained biases (``dsd.estimate_beta``), as the CLI's Sparse step does."""
-        if self.config.beta == "estimated" and self.config.criterion == "support":
+        if self.config.estimates_beta:
             dsd.estimate_beta(self.model, self.example_input)
         dsd.begin_sparse(self.model, self.config)
 

@@ -79,7 +79,8 @@ class ComparisonPlan:
     @property
     def baselines(self) -> tuple[str, ...]:
         """The methods that are not the support: torch-pruning criteria, plain or as variants."""
-        return tuple(m for m in self.methods if m != "support" and not m.startswith("support["))
+        return (tuple(c for c in self.criteria if c != "support")
+                + tuple(v.method for v in self.variants if v.criterion != "support"))
 
 
 def parse_variant(text: str) -> Variant:
@@ -323,7 +324,7 @@ def write_comparison_report(plan: ComparisonPlan, runs: dict[str, dict[str, Any]
                 points.setdefault(method, []).append(
                     (row["macs_kept"], 1 / row["speedup"][batch_sizes[-1]], *mean_std(row["sparse"])))
             lines.append("")
-            for method in [m for m in plan.methods if m.startswith("support")]:
+            for method in [m for m in plan.methods if m not in plan.baselines]:
                 lines += [f"- {v}" for v in verdicts(table, method)]
             lines.append("")
     reason = plots_unavailable()

@@ -197,6 +197,12 @@ class SparseConfig(PhaseConfig):
     def alternation_epochs(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.prune_at))) if self.prune_at else (self.epochs,)
 
+    @property
+    def estimates_beta(self) -> bool:
+        """Whether the Sparse step moves the trained biases into η*'s β: a support option, like the training
+        masks; a baseline criterion prunes a network with plain η* (ReLU)."""
+        return self.beta == "estimated" and self.criterion == "support"
+
 
 @dataclass(frozen=True)
 class RedenseConfig(PhaseConfig):

@@ -25,14 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from supportprune.method.pruning import (
-    apply_keep_masks,
-    count_macs_params,
-    dependency_graph,
-    prune_to_keep_masks,
-    rounded_keep_count,
-    site_groups,
-)
+from supportprune.method.pruning import dependency_graph, macs_with_keep_masks, rounded_keep_count, site_groups
 from supportprune.method.support import support_sites
 
 LayerLatency = Callable[[str, int, int], float]
@@ -227,8 +220,7 @@ def latency_aware_keep_masks(
     while sum(layer_latencies.values()) > target_latency and step():
         pass
     keep = keep_masks()
-    macs, _ = count_macs_params(prune_to_keep_masks(_with_keep(model, keep), example_input), example_input)
-    return keep, macs, sum(layer_latencies.values())
+    return keep, macs_with_keep_masks(model, example_input, keep), sum(layer_latencies.values())
 
 
 def predicted_latency(model: nn.Module, example_input: Tensor, layer_latency: LayerLatency) -> float:
@@ -239,9 +231,3 @@ def predicted_latency(model: nn.Module, example_input: Tensor, layer_latency: La
     return total
 
 
-def _with_keep(model: nn.Module, keep: dict[str, Tensor]) -> nn.Module:
-    import copy
-
-    trial = copy.deepcopy(model)
-    apply_keep_masks(trial, keep)
-    return trial

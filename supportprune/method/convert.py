@@ -264,26 +264,33 @@ class _CallRecorder(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _forward_once(model: nn.Module, example_input: Tensor, mode: TorchFunctionMode, handles: list) -> None:
+    """One eval-mode, no-grad forward of ``model`` under ``mode``; the hooks ``handles`` are removed and the
+    training mode restored afterwards, whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), mode:
+            model(example_input.clone())  # an in-place first ReLU must not change the caller's tensor
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
 def _record_calls(model: nn.Module, example_input: Tensor) -> _CallRecorder:
     recorder = _CallRecorder(model)
     handles = []
     for module in model.modules():
         handles.append(module.register_forward_pre_hook(recorder.pre_hook))
         handles.append(module.register_forward_hook(recorder.post_hook, always_call=True))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), recorder:
-            model(example_input.clone())  # an in-place first ReLU must not change the caller's tensor
+        _forward_once(model, example_input, recorder, handles)
     except TraceError:
         raise
     except Exception as error:
         raise TraceError(f"{type(model).__name__} fails on the example input: {type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''}") from error
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
     return recorder
 
 
@@ -496,15 +503,7 @@ def recorded_site_producers(model: nn.Module, example_input: Tensor, producer_ty
             handles.append(module.register_forward_hook(leave_site, always_call=True))
         elif isinstance(module, producer_types):
             handles.append(module.register_forward_hook(record_output))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), counter:
-            model(example_input.clone())
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    _forward_once(model, example_input, counter, handles)
     producers = {}
     for site, tensor_id in site_inputs.items():
         if tensor_id in produced and counter.reads.get(tensor_id, 0) == 0:

@@ -121,8 +121,8 @@ def alternation_point(
         predicted_speedup = dense_latency / latency if latency > 0 else None
     elif config.target_macs is not None:
         target = int(config.target_macs * baseline_macs)
-        threshold, keep, _ = search_relative_threshold(model, example_input, scores, target, round_to=config.round_to)
-        keep, _ = fill_macs_budget(model, example_input, scores, keep, target, round_to=config.round_to)
+        threshold, keep, macs = search_relative_threshold(model, example_input, scores, target, round_to=config.round_to)
+        keep, _ = fill_macs_budget(model, example_input, scores, keep, macs, target, round_to=config.round_to)
     else:  # the support without a target: the channels whose support stayed zero at the training threshold
         threshold = float(next(site for _, site in support_sites(model)).relative_threshold)
         keep = plan_keep_masks(model, example_input, zero_support_channels(model), round_to=config.round_to, scores=scores)

@@ -207,10 +207,23 @@ def prune_to_keep_masks(model: nn.Module, example_input: Tensor) -> nn.Module:
     On the kept channels it computes exactly what the masked model computes.
     """
     pruned = copy.deepcopy(model)
-    graph, dead = _dead_channels(pruned, example_input)
+    _prune_in_place(pruned, example_input)
+    return pruned
+
+
+def _prune_in_place(model: nn.Module, example_input: Tensor) -> None:
+    graph, dead = _dead_channels(model, example_input)
     for group, idxs in dead:
         graph.get_pruning_group(group.root, group.pruning_fn, idxs).prune()
-    return pruned
+
+
+def macs_with_keep_masks(model: nn.Module, example_input: Tensor, keep: dict[str, Tensor]) -> int:
+    """MACs of ``model`` physically pruned to ``keep`` (0/1 per site channel), counted on one copy of it;
+    ``model`` is left as it is. How every MACs target (search, fill, latency allocation) checks a plan."""
+    trial = copy.deepcopy(model)
+    apply_keep_masks(trial, keep)
+    _prune_in_place(trial, example_input)
+    return count_macs_params(trial, example_input)[0]
 
 
 def pruned_slices(model: nn.Module, example_input: Tensor) -> tuple[list[tuple[nn.Module, list[int], bool]], int]:
@@ -292,24 +305,20 @@ def fill_macs_budget(
     example_input: Tensor,
     scores: dict[str, Tensor],
     keep: dict[str, Tensor],
+    macs: int,
     target_macs: int,
     *,
     round_to: int = 1,
     max_trials: int = 48,
 ) -> tuple[dict[str, Tensor], int]:
-    """``keep`` (a threshold search's masks, at or under ``target_macs``) with pruned channels given back, best
+    """``keep`` (a threshold search's masks, whose model has ``macs``, at or under ``target_macs``) with pruned
+    channels given back, best
     score first, while the model stays within ``target_macs``. The threshold search stops at the first threshold
     under the target; with ``round_to`` channels per step a group's count jumps, so that can land well under it
     (a 16-channel layer at ``round_to`` 8 keeps 8 or 16). A channel that does not fit rules out the rest of its
     site. At most ``max_trials`` MACs counts. Returns (keep masks, MACs)."""
-    def macs_of(masks: dict[str, Tensor]) -> int:
-        trial = copy.deepcopy(model)
-        apply_keep_masks(trial, masks)
-        return count_macs_params(prune_to_keep_masks(trial, example_input), example_input)[0]
-
     alive = {name: (site.keep > 0).cpu() for name, site in support_sites(model)}
     keep = {name: mask.cpu().clone() for name, mask in keep.items()}
-    macs = macs_of(keep)
     candidates = sorted(
         ((float(scores[name].cpu().flatten()[index]), name, index)
          for name, mask in keep.items() for index in ((mask == 0) & alive[name]).nonzero().flatten().tolist()),
@@ -325,7 +334,7 @@ def fill_macs_budget(
         zero[name][index] = False
         trial_keep = plan_keep_masks(model, example_input, zero, round_to=round_to, scores=scores)
         trials += 1
-        trial_macs = macs_of(trial_keep)
+        trial_macs = macs_with_keep_masks(model, example_input, trial_keep)
         if trial_macs <= target_macs:
             keep, macs = trial_keep, trial_macs
         else:
@@ -357,10 +366,7 @@ def search_relative_threshold(
     def evaluate(threshold: float) -> tuple[dict[str, Tensor], int]:
         zero = {name: values.cpu() <= threshold for name, values in max_relative_energy.items()}
         keep = plan_keep_masks(model, example_input, zero, round_to=round_to, scores=max_relative_energy)
-        trial = copy.deepcopy(model)
-        apply_keep_masks(trial, keep)
-        macs, _ = count_macs_params(prune_to_keep_masks(trial, example_input), example_input)
-        return keep, macs
+        return keep, macs_with_keep_masks(model, example_input, keep)
 
     low, high = 0, len(candidates) - 1
     best = None

@@ -86,9 +86,7 @@ class DensePhase(Phase):
 
 
 def estimate_beta(context: RunContext, announce: bool) -> None:
-    sparse = context.recipe.sparse
-    # A support option, like the training masks: a baseline criterion prunes a network with plain η* (ReLU).
-    if sparse.beta == "estimated" and sparse.criterion == "support":
+    if context.recipe.sparse.estimates_beta:
         # idempotent: a resumed run re-freezes the moved biases
         estimated, sites = dsd.estimate_beta(context.model, context.example)
         if announce:
