@@ -9,6 +9,9 @@
 #                 best_consumer, seeds 0-2 (a --variant that sets sparse.criterion is a baseline)
 #   stage pipeline-tau0: the same against new_default (τ 0; mobilenet_v2, where τ 0.2 collapses), one report per
 #                 target (results/criteria-MODEL-pipeline-TARGET)
+#   stage ablation: each support option of the screen alone, against the support as it was and LAMP, seeds 0-2
+#                 (seed 0 is the screen's runs), one report per target (TARGETS, default 0.5,0.3:
+#                 results/criteria-MODEL-ablation-TARGET)
 # Usage: benchmarks/criteria/run.sh MODEL STAGE [extra experiment options, e.g. --criteria]
 # (STEPS=N sets the steps per epoch; 50 in the committed results.)
 set -euo pipefail
@@ -44,5 +47,11 @@ case $stage in
         --max-steps "$steps" --runs-dir "runs/criteria-$model" --targets "$target" --seeds 0,1,2 --criteria lamp \
         --variant "$new_default" --variant "$lamp_kd" --out "results/criteria-$model-pipeline-$target" "$@"
     done ;;
-  *) echo "stage: screen, seeds, pipeline or pipeline-tau0" >&2; exit 2 ;;
+  ablation)
+    for target in ${TARGETS:-0.5 0.3}; do
+      python -m supportprune experiment "$model" --recipe benchmarks/criteria/fashion-mnist.yaml --weights "starting-points/$model.pt" \
+        --max-steps "$steps" --runs-dir "runs/criteria-$model" --targets "$target" --seeds 0,1,2 --criteria support,lamp \
+        "${variants[@]:0:14}" --out "results/criteria-$model-ablation-$target" "$@"
+    done ;;
+  *) echo "stage: screen, seeds, pipeline, pipeline-tau0 or ablation" >&2; exit 2 ;;
 esac
