@@ -11,10 +11,12 @@ from supportprune.method import dsd
 from supportprune.method.pruning import (
     apply_keep_masks,
     count_macs_params,
+    dependency_graph,
     plan_keep_masks,
     prune_to_keep_masks,
     rounded_keep_count,
     search_relative_threshold,
+    site_groups,
     zero_pruned_connections,
 )
 from supportprune.inputs.recipe import SparseConfig
@@ -115,6 +117,31 @@ def test_round_to_gives_multiples_and_never_prunes_below_one_multiple():
     for module in pruned.modules():
         if isinstance(module, nn.Conv2d) and module.in_channels > 3:
             assert module.out_channels % 8 == 0 and module.in_channels % 8 == 0
+
+
+def test_channels_into_a_concat_round_to_their_own_multiple():
+    model = torchvision.models.googlenet(num_classes=10, aux_logits=False, init_weights=True)
+    model, example = _converted(model, size=32, channels=3)
+    generator = torch.Generator().manual_seed(3)
+    zero = {n: torch.rand(s.channels, generator=generator) < 0.8 for n, s in support_sites(model)}
+    keep = plan_keep_masks(model, example, zero, round_to=8, concat_round_to=16)
+    graph = dependency_graph(model, example)
+    groups = list(site_groups(graph))
+    assert sum(g.feeds_concat for g in groups) == 4 * 9  # four branches of nine inception blocks
+    for group in groups:
+        kept = int(group.alive({name: mask > 0 for name, mask in keep.items()}).sum())
+        multiple = 16 if group.feeds_concat else 8
+        assert kept % multiple == 0 or kept == group.channels, (group.members[0].name, kept)
+    apply_keep_masks(model, keep)
+    pruned = prune_to_keep_masks(model, example)
+    blocks = ["inception3a", "inception3b", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e",
+              "inception5a", "inception5b"]
+    for block in blocks:
+        branch_outputs = ["branch1.conv", "branch2.1.conv", "branch3.1.conv", "branch4.1.conv"]
+        assert [pruned.get_submodule(f"{block}.{conv}").out_channels % 16 for conv in branch_outputs] == [0, 0, 0, 0]
+    assert any(conv.out_channels % 16 for conv in pruned.modules() if isinstance(conv, nn.Conv2d))  # others: 8s
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(pruned(x), model(x), atol=1e-4)
 
 
 def test_round_to_revives_the_strongest_channels():

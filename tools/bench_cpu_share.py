@@ -150,7 +150,7 @@ def run_models(args, spec_of, batch_sizes, tmp: Path):
                 pruned = convert_relus(model, example).eval() if supported else model
             else:
                 pruned, _ = pruned_variant(model, example, target, args.round_to, calibration, allocation,
-                                           table if allocation == "latency" else None)
+                                           table if allocation == "latency" else None, args.concat_round_to)
             key = f"{name}-{allocation}-{target:g}"
             path = tmp / f"{key}.onnx"
             export_onnx(export_ready(pruned) if supported else pruned, path, example_input=example, check_input=check,
@@ -236,6 +236,8 @@ def main() -> None:
     parser.add_argument("--targets", default="0.5,0.3", help="fractions of MACs to keep")
     parser.add_argument("--allocations", default="global,latency")
     parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--concat-round-to", type=int, default=None,
+                        help="round channels that reach a Concat to this (sparse.concat_round_to; default: --round-to)")
     parser.add_argument("--batch-sizes", default="1,64")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)

@@ -37,12 +37,13 @@ from supportprune.method.support import convert_relus, export_ready  # noqa: E40
 
 
 def pruned_variant(model, example, target: float, round_to: int, calibration: list[torch.Tensor],
-                   allocation: str = "global", layer_latency=None):
+                   allocation: str = "global", layer_latency=None, concat_round_to: int | None = None):
     """The support-pruned model and the alternation point's result (None for the dense model)."""
     variant = convert_relus(model, example)
     if target >= 1.0:
         return variant.eval(), None
-    config = SparseConfig(epochs=1, target_macs=target, round_to=round_to, granularity="channel", allocation=allocation)
+    config = SparseConfig(epochs=1, target_macs=target, round_to=round_to, concat_round_to=concat_round_to,
+                          granularity="channel", allocation=allocation)
     dsd.begin_sparse(variant, config)
     variant.train()
     with torch.no_grad():

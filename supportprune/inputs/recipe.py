@@ -113,6 +113,9 @@ class SparseConfig(PhaseConfig):
     relative_threshold: float = 0.0
     target_macs: Optional[float] = None  # fraction of the baseline MACs to keep; searches the threshold
     round_to: int = 1  # kept channel counts are multiples of this (GPU-friendly shapes)
+    # ...and of this for channels that reach a concatenation (None: round_to). ONNX Runtime's CPU kernels keep
+    # a Concat in their blocked layout only at multiples of their block, 16 with AVX-512 (SiteGroup.rounding).
+    concat_round_to: Optional[int] = None
     prune_at: tuple[int, ...] = ()  # epochs (1-based) after which zero-support channels are pruned; () = last
     # What decides the pruning: the learned support (the paper), or a baseline at matched cost: DSD's
     # weight magnitude (unstructured), or a torch-pruning channel importance (CHANNEL_CRITERIA; need target_macs).
@@ -182,6 +185,8 @@ class SparseConfig(PhaseConfig):
         if self.target_macs is not None and not 0 < self.target_macs <= 1:
             raise ValueError(f"target_macs: a fraction in (0, 1], got {self.target_macs}")
         _positive(self, "round_to")
+        if self.concat_round_to is not None:
+            _positive(self, "concat_round_to")
         bad = [e for e in self.prune_at if not 1 <= e <= self.epochs]
         if bad:
             raise ValueError(f"prune_at: epochs must lie in 1..{self.epochs} (sparse.epochs), got {bad}")

@@ -110,11 +110,13 @@ class _Group:
     scores: Tensor  # per root channel
     dead: int  # root channels already pruned before this allocation
     channels: int
+    round_to: int  # its kept count is a multiple of this (SiteGroup.rounding)
     layers: list[tuple[str, str, float]] = field(default_factory=list)  # (layer, "in"|"out", widths per channel)
     kept: int = 0
 
-    def next_kept(self, round_to: int) -> int | None:
+    def next_kept(self) -> int | None:
         """Kept count after one more step, or None when the group is at its floor (one multiple)."""
+        round_to = self.round_to
         floor = rounded_keep_count(1, self.channels, round_to)
         step = ((self.kept - 1) // round_to) * round_to
         new = max(floor, step)
@@ -129,10 +131,12 @@ def latency_aware_keep_masks(
     layer_latency: LayerLatency,
     *,
     round_to: int = 1,
+    concat_round_to: int | None = None,
 ) -> tuple[dict[str, Tensor], int, float]:
     """Keep masks (per site, 0/1) that bring the predicted latency of the pruned model's convolution and
     linear layers to ``target_latency`` (seconds, as ``layer_latency`` counts them) or below, or as close
-    as the floors (one ``round_to`` multiple per group) allow.
+    as the floors (one ``round_to`` multiple per group; ``concat_round_to`` for groups feeding a
+    concatenation) allow.
 
     ``scores[site]`` ranks a site's channels (support statistics, or a baseline's norms); a root channel
     scores the highest of its sites (it lives while any site needs it). Channels already pruned stay
@@ -153,7 +157,8 @@ def latency_aware_keep_masks(
             previously_alive[root] |= (member.site.keep.cpu() > 0)[list(member.idxs)]
         alive = previously_alive.nonzero().flatten()
         order = alive[torch.argsort(score[alive], stable=True)].tolist()
-        state = _Group(order, score, site_group.channels - len(order), site_group.channels, kept=len(order))
+        state = _Group(order, score, site_group.channels - len(order), site_group.channels,
+                       site_group.rounding(round_to, concat_round_to), kept=len(order))
         for item in site_group.group:
             layer = names.get(item.dep.target.module)
             if layer in shapes and item.idxs:
@@ -189,10 +194,10 @@ def latency_aware_keep_masks(
         return {name: mask.float() for name, mask in keep.items()}
 
     def step() -> bool:
-        """Remove one ``round_to`` step from the best group; False when no group has a cut that saves time."""
+        """Remove one rounding step from the best group; False when no group has a cut that saves time."""
         best = None
         for index, (_, state) in enumerate(groups):
-            new_kept = state.next_kept(round_to)
+            new_kept = state.next_kept()
             if new_kept is None:
                 continue
             going = state.order[len(state.order) - state.kept: len(state.order) - new_kept]
