@@ -146,6 +146,17 @@ def run_key(model: str, recipe: Recipe, max_steps: Optional[int]) -> dict[str, A
     return json.loads(json.dumps(key))  # as it reads back from the file (tuples become lists)
 
 
+def same_key(stored: Any, key: Any) -> bool:
+    """``stored == key``, except that a setting ``key`` has as None (unset) and ``stored`` lacks is no
+    difference: a recipe key added later that is off unless set (``sparse.concat_round_to``) leaves the runs
+    made before it valid."""
+    if isinstance(stored, dict) and isinstance(key, dict):
+        names = set(stored) | set(key)
+        return all(name in stored and name in key and same_key(stored[name], key[name])
+                   or name not in stored and key.get(name) is None for name in names)
+    return stored == key
+
+
 def reuse_or_set_aside(root: Path, key: dict[str, Any], message: Callable[[str], None]) -> bool:
     """True when the run in ``root`` finished under exactly ``key``: its result is read, not repeated.
 
@@ -159,7 +170,7 @@ def reuse_or_set_aside(root: Path, key: dict[str, Any], message: Callable[[str],
     layout = RunLayout(root)
     key_path = root / RUN_KEY_FILE
     stored = json.loads(key_path.read_text()) if key_path.is_file() else None
-    if stored == key:
+    if stored is not None and same_key(stored, key):
         return layout.result.exists()
     moved = move_aside(root)
     if moved is not None:

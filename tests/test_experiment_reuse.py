@@ -117,3 +117,17 @@ def test_run_key_holds_everything_that_changes_the_result(tmp_path):
     assert experiment.run_key("m", recipe_from_dict({**RECIPE, "seed": 6}), 3) != key
     assert experiment.run_key("m", recipe, None) != key
     assert experiment.run_key("n", recipe, 3) != key
+
+
+def test_a_key_added_later_that_is_unset_keeps_older_runs_and_any_set_value_does_not():
+    key = experiment.run_key("m", recipe_from_dict(RECIPE), 3)
+    older = json.loads(json.dumps(key))
+    del older["recipe"]["sparse"]["concat_round_to"]  # a run made before the key existed
+    assert key["recipe"]["sparse"]["concat_round_to"] is None
+    assert experiment.same_key(older, key)
+    with_value = recipe_from_dict({**RECIPE, "sparse": {**RECIPE["sparse"], "concat_round_to": 16}})
+    assert not experiment.same_key(older, experiment.run_key("m", with_value, 3))
+    changed = json.loads(json.dumps(older))
+    changed["recipe"]["sparse"]["round_to"] = 8
+    assert not experiment.same_key(changed, key)
+    assert not experiment.same_key(key, older)  # the stored run knows a setting the current one lacks
