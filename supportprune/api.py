@@ -37,16 +37,18 @@ class SupportPruner:
     ``model`` is converted on construction (``pruner.model``: train and evaluate that one). Options are those of
     a recipe's ``sparse`` section: ``target_macs`` (fraction of MACs kept), ``relative_threshold`` (Eq. 41's β as
     a multiple of each site's mean unit energy, for the training masks), ``granularity`` (``channel`` or
-    ``element``), ``round_to`` (kept channel counts are multiples of it), ``criterion`` (``support`` or a
+    ``element``), ``round_to`` (kept channel counts are multiples of it), ``concat_round_to`` (channels that reach a
+    concatenation are multiples of it too, as in the shipped recipes; None: only ``round_to``), ``criterion`` (``support`` or a
     channel baseline such as ``l1``).
     """
 
     def __init__(self, model: nn.Module, example_input: Tensor, *, target_macs: float | None = 0.5,
                  relative_threshold: float = 0.0, granularity: str = "channel", round_to: int = 8,
-                 criterion: str = "support", seed: int = 0) -> None:
+                 concat_round_to: int | None = 16, criterion: str = "support", seed: int = 0) -> None:
         try:
             self.config = SparseConfig(epochs=1, target_macs=target_macs, relative_threshold=relative_threshold,
-                                       granularity=granularity, round_to=round_to, criterion=criterion)
+                                       granularity=granularity, round_to=round_to, concat_round_to=concat_round_to,
+                                       criterion=criterion)
         except ValueError as error:
             raise SupportpruneError(f"SupportPruner: {error}") from None
         self.example_input = example_input.detach()

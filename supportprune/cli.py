@@ -195,6 +195,7 @@ def compress(
     relative_threshold: Optional[float] = typer.Option(None, "--relative-threshold", help="Eq. 41's β as a multiple of each site's mean unit energy"),
     target_macs: Optional[float] = typer.Option(None, "--target-macs", help="fraction of baseline MACs to keep; the threshold is searched to meet it"),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="keep channel counts multiples of this"),
+    concat_round_to: Optional[int] = typer.Option(None, "--concat-round-to", help="...and channels that reach a concatenation multiples of this too (16 in the shipped recipes: ONNX Runtime's CPU layout)"),
     criterion: Optional[str] = typer.Option(None, "--criterion", help="what prunes in the Sparse step: support (the paper), or a baseline: magnitude (DSD, weights), or channels at --target-macs by a torch-pruning importance: l1, l2, fpgm, lamp, bn_scale, taylor, hessian (gradients of sparse.observe_batches batches), random"),
     sparse_alternation: Optional[str] = typer.Option(None, "--sparse-alternation", help="support criterion: batch (B-alternation) or instance (I-alternation)"),
     allocation: Optional[str] = typer.Option(None, "--allocation", help="how the cut is spread: global (one support threshold to --target-macs) or latency (by layer latencies measured on the benchmark device, to --target-latency)"),
@@ -213,6 +214,7 @@ def compress(
         "data.channels": channels, "data.mean": _floats(mean, "--mean"), "data.std": _floats(std, "--std"),
         "data.batch_size": batch_size, "sparse.granularity": granularity,
         "sparse.relative_threshold": relative_threshold, "sparse.target_macs": target_macs, "sparse.round_to": round_to,
+        "sparse.concat_round_to": concat_round_to,
         "sparse.criterion": criterion, "sparse.alternation": sparse_alternation, "sparse.allocation": allocation,
         "sparse.target_latency": target_latency, "sparse.latency_table": latency_table, "export.int8": int8,
     }

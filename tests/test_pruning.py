@@ -144,6 +144,40 @@ def test_channels_into_a_concat_round_to_their_own_multiple():
     assert torch.allclose(pruned(x), model(x), atol=1e-4)
 
 
+def test_concat_rounding_is_a_multiple_of_both_and_ignores_concats_along_other_dimensions():
+    from supportprune.method.pruning import SiteGroup
+
+    assert SiteGroup(None, None, 64, (), feeds_concat=True).rounding(8, 12) == 24
+    assert SiteGroup(None, None, 64, (), feeds_concat=True).rounding(32, 16) == 32
+    assert SiteGroup(None, None, 64, (), feeds_concat=False).rounding(8, 16) == 8
+
+    class SpatialConcat(nn.Module):  # torch.cat along the height: no channel is concatenated
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 12, 3, padding=1), nn.Conv2d(1, 12, 3, padding=1)
+            self.relu_a, self.relu_b = nn.ReLU(), nn.ReLU()
+            self.head = nn.Conv2d(12, 4, 1)
+
+        def forward(self, x):
+            return self.head(torch.cat([self.relu_a(self.a(x)), self.relu_b(self.b(x))], dim=2))
+
+    model, example = _converted(SpatialConcat())
+    assert not any(group.feeds_concat for group in site_groups(dependency_graph(model, example)))
+    model, example = _converted(TinyConcatNet(), size=16)
+    assert any(group.feeds_concat for group in site_groups(dependency_graph(model, example)))
+
+
+def test_alternation_point_rounds_concat_inputs_by_the_recipe():
+    model = torchvision.models.googlenet(num_classes=10, aux_logits=False, init_weights=True)
+    model, example = _converted(model, size=32, channels=3)
+    macs, _ = count_macs_params(model, example)
+    config = SparseConfig(epochs=1, target_macs=0.5, criterion="l1", round_to=8, concat_round_to=16)
+    dsd.alternation_point(model, example, config, macs)
+    pruned = prune_to_keep_masks(model, example)
+    widths = [pruned.get_submodule(f"inception4{b}.branch2.1.conv").out_channels for b in "abcde"]
+    assert all(width % 16 == 0 for width in widths), widths
+
+
 def test_round_to_revives_the_strongest_channels():
     model, example = _converted(BiasFreeChain())
     zero = _zero(model, {"relu1": [0, 1, 2, 3, 4]})

@@ -274,7 +274,7 @@ def main() -> None:
         f"Date {datetime.now(timezone.utc):%Y-%m-%d}; {cpu_model() or host['processor']}, {host['cpu_count']} CPUs, {host['platform']}; "
         f"python {host['python']}, onnxruntime {env['onnxruntime']}, onnx {onnx.__version__}, torch {torch.__version__}, "
         f"torch-pruning {torch_pruning.__version__}; input {args.channels}×{args.input_size}×{args.input_size}, "
-        f"{args.classes} classes, random weights (timing only); channels rounded to {args.round_to}; median of "
+        f"{args.classes} classes, random weights (timing only); channels rounded to {args.round_to} (into a Concat: {args.concat_round_to or args.round_to}); median of "
         f"{args.runs} runs in {args.rounds} interleaved rounds over all variants of a model after {args.warmup} warm-up.\n\n"
         f"Command: `python tools/bench_cpu_share.py {' '.join(sys.argv[1:])}`\n\n"
         "share = speed-up ÷ MACs reduction against the dense model of the same precision (1.0: the MACs cut became "

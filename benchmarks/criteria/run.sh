@@ -12,6 +12,8 @@
 #   stage ablation: each support option of the screen alone, against the support as it was and LAMP, seeds 0-2
 #                 (seed 0 is the screen's runs), one report per target (TARGETS, default 0.5,0.3:
 #                 results/criteria-MODEL-ablation-TARGET)
+#   stage latency: the pipeline stage's methods matched on the latency table's predicted time instead of MACs
+#                 (allocation latency, half the predicted time), seed 0: results/criteria-MODEL-latency
 # Usage: benchmarks/criteria/run.sh MODEL STAGE [extra experiment options, e.g. --criteria]
 # (STEPS=N sets the steps per epoch; 50 in the committed results.)
 set -euo pipefail
@@ -53,5 +55,9 @@ case $stage in
         --max-steps "$steps" --runs-dir "runs/criteria-$model" --targets "$target" --seeds 0,1,2 --criteria support,lamp \
         "${variants[@]:0:14}" --out "results/criteria-$model-ablation-$target" "$@"
     done ;;
-  *) echo "stage: screen, seeds, pipeline, pipeline-tau0 or ablation" >&2; exit 2 ;;
+  latency)
+    exec python -m supportprune experiment "$model" --recipe benchmarks/criteria/fashion-mnist.yaml --weights "starting-points/$model.pt" \
+        --max-steps "$steps" --runs-dir "runs/criteria-$model" --targets 0.5 --seeds 0 --criteria lamp --allocations latency \
+        --variant "$new_default" --variant "$lamp_kd" --out "results/criteria-$model-latency" "$@" ;;
+  *) echo "stage: screen, seeds, pipeline, pipeline-tau0, ablation or latency" >&2; exit 2 ;;
 esac

@@ -81,12 +81,12 @@ class SiteGroup:
     feeds_concat: bool = False  # its channels reach a concatenation (an inception block's branch outputs)
 
     def rounding(self, round_to: int, concat_round_to: int | None = None) -> int:
-        """The multiple this group's kept count is rounded to: ``concat_round_to`` for a group that feeds a
-        concatenation (when given), else ``round_to``. ONNX Runtime's CPU kernels keep a Concat, and the
+        """The multiple this group's kept count is rounded to: ``round_to``, and for a group that feeds a
+        concatenation also ``concat_round_to`` when given (their least common multiple). ONNX Runtime's CPU kernels keep a Concat, and the
         pooling after it, in their blocked NCHWc layout only when every input's channel count is a multiple
         of the block (16 with AVX-512): googlenet pruned in 8s ran 0.65 of its MACs cut at batch 64, with its
         Concat inputs in 16s 0.84–0.91 (benchmarks/results/2026-11-24-cpu-share-one-thread.md)."""
-        return concat_round_to if self.feeds_concat and concat_round_to else round_to
+        return math.lcm(round_to, concat_round_to) if self.feeds_concat and concat_round_to else round_to
 
     def alive(self, site_alive: dict[str, Tensor]) -> Tensor:
         """A root channel lives if any site of the group keeps it."""
@@ -126,6 +126,12 @@ def _consumers_read_sites(graph: tp.DependencyGraph, group) -> bool:
     return True
 
 
+def _is_channel_concat(module: nn.Module) -> bool:
+    """A concatenation along channels: torch-pruning records its inputs' channel counts (``concat_sizes``)
+    only for those, not for a ``torch.cat`` along another dimension."""
+    return isinstance(module, tp.ops._ConcatOp) and module.concat_sizes is not None
+
+
 def site_groups(graph: tp.DependencyGraph) -> Iterator[SiteGroup]:
     """The pruning groups that contain at least one support site; groups without one (the classifier's
     output, say) are never pruned: no support speaks for them, nor are groups whose consumers read
@@ -141,8 +147,8 @@ def site_groups(graph: tp.DependencyGraph) -> Iterator[SiteGroup]:
             if isinstance(module, SupportSite) and item.root_idxs is not None and None not in item.root_idxs:
                 members.append(SiteMember(names[module], module, tuple(item.idxs), tuple(item.root_idxs)))
         if members:
-            feeds_concat = any(isinstance(item.dep.source.module, tp.ops._ConcatOp)
-                               or isinstance(item.dep.target.module, tp.ops._ConcatOp) for item in group)
+            feeds_concat = any(_is_channel_concat(item.dep.source.module) or _is_channel_concat(item.dep.target.module)
+                               for item in group)
             yield SiteGroup(root_item.dep.target.module, root_item.dep.handler, len(root_item.idxs), tuple(members),
                             group, feeds_concat)
 
