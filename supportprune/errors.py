@@ -7,6 +7,8 @@ traceback goes to a log file (and to the terminal with ``--debug``).
 
 from __future__ import annotations
 
+import errno
+
 import os
 import sys
 import sysconfig
@@ -71,6 +73,11 @@ def first_line(error: BaseException, limit: int = 300) -> str:
 def describe_unexpected(error: BaseException, log_path: Path | None) -> str:
     """One line for an exception nobody anticipated: whose code raised it, what it said, where the
     traceback is, and what to do."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        # The machine's, not ours: say so, and that the run resumes (outputs are written atomically).
+        target = f" writing {error.filename}" if error.filename else ""
+        return (f"out of disk space{target}: free space (or pass --out on another disk) and run the same command "
+                f"again; it resumes from the last checkpoint")
     where = user_frame(error.__traceback__)
     what = f"{type(error).__name__}: {first_line(error)}".rstrip(": ")
     log = f"full traceback in {log_path}" if log_path is not None else "run with --debug for the traceback"

@@ -266,6 +266,21 @@ def test_an_unreadable_checkpoint_is_an_error_not_a_silent_fallback(tmp_path, fi
     assert "resuming" not in result.output
 
 
+def test_a_full_disk_says_so_and_that_the_run_resumes(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import supportprune.run.compress
+
+    def full_disk(*args, **kwargs):  # as the first checkpoint write on a full disk fails
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "checkpoints" / "last.pt"))
+
+    monkeypatch.setattr(supportprune.run.compress, "compress", full_disk)
+    result = _compress(tmp_path, tmp_path / "out")
+    one_line_error(result, "out of disk space writing", "last.pt", "run the same command again")
+    assert "bug in supportprune" not in result.output
+
+
 def test_help_of_every_command():
     for command in ([], ["compress"], ["train"], ["experiment"], ["theory"], ["recipes"], ["recipes", "show"], ["export"], ["bench"]):
         result = runner.invoke(app, [*command, "--help"])
