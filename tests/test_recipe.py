@@ -119,7 +119,7 @@ def test_a_run_saved_before_an_option_existed_still_matches(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(saved, sort_keys=False))
     assert same_recipe(path, recipe)
-    saved["sparse"]["round_to"] = 16
+    saved["sparse"]["round_to"] = 2 * recipe.sparse.round_to  # any other value
     path.write_text(yaml.safe_dump(saved, sort_keys=False))
     assert not same_recipe(path, recipe)
     path.write_text("sparse: [not, a, mapping]\n")
