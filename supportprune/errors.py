@@ -8,7 +8,6 @@ traceback goes to a log file (and to the terminal with ``--debug``).
 from __future__ import annotations
 
 import errno
-
 import os
 import sys
 import sysconfig

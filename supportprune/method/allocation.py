@@ -135,8 +135,8 @@ def latency_aware_keep_masks(
 ) -> tuple[dict[str, Tensor], int, float]:
     """Keep masks (per site, 0/1) that bring the predicted latency of the pruned model's convolution and
     linear layers to ``target_latency`` (seconds, as ``layer_latency`` counts them) or below, or as close
-    as the floors (one ``round_to`` multiple per group; ``concat_round_to`` for groups feeding a
-    concatenation) allow.
+    as the floors (one rounding multiple per group: ``SiteGroup.rounding`` of ``round_to`` and
+    ``concat_round_to``) allow.
 
     ``scores[site]`` ranks a site's channels (support statistics, or a baseline's norms); a root channel
     scores the highest of its sites (it lives while any site needs it). Channels already pruned stay

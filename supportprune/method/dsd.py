@@ -109,26 +109,24 @@ def alternation_point(
     criterion = criterion or make_criterion(config, seed=seed)
     scores = criterion.scores(model, example_input)
     predicted_speedup = None
+    rounding = {"round_to": config.round_to, "concat_round_to": config.concat_round_to}  # every plan, one rule
     if config.allocation == "latency":
         if layer_latency is None:
             raise ValueError("allocation latency needs a layer latency table")
         dense_latency = predicted_latency(model, example_input, layer_latency)  # the masked model has full widths
         keep, _, latency = latency_aware_keep_masks(
-            model, example_input, scores, config.latency_target * dense_latency, layer_latency, round_to=config.round_to,
-            concat_round_to=config.concat_round_to,
+            model, example_input, scores, config.latency_target * dense_latency, layer_latency, **rounding
         )
         pruned = [scores[name].cpu()[(site.keep.cpu() > 0) & (keep[name] == 0)] for name, site in support_sites(model)]
         threshold = float(torch.cat(pruned).max()) if sum(p.numel() for p in pruned) else 0.0
         predicted_speedup = dense_latency / latency if latency > 0 else None
     elif config.target_macs is not None:
         target = int(config.target_macs * baseline_macs)
-        rounding = {"round_to": config.round_to, "concat_round_to": config.concat_round_to}
         threshold, keep, macs = search_relative_threshold(model, example_input, scores, target, **rounding)
         keep, _ = fill_macs_budget(model, example_input, scores, keep, macs, target, **rounding)
     else:  # the support without a target: the channels whose support stayed zero at the training threshold
         threshold = float(next(site for _, site in support_sites(model)).relative_threshold)
-        keep = plan_keep_masks(model, example_input, zero_support_channels(model), round_to=config.round_to, scores=scores,
-                               concat_round_to=config.concat_round_to)
+        keep = plan_keep_masks(model, example_input, zero_support_channels(model), scores=scores, **rounding)
     criterion.reset()
     apply_keep_masks(model, keep)
     reset_support_stats(model)

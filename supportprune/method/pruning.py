@@ -82,10 +82,10 @@ class SiteGroup:
 
     def rounding(self, round_to: int, concat_round_to: int | None = None) -> int:
         """The multiple this group's kept count is rounded to: ``round_to``, and for a group that feeds a
-        concatenation also ``concat_round_to`` when given (their least common multiple). ONNX Runtime's CPU kernels keep a Concat, and the
-        pooling after it, in their blocked NCHWc layout only when every input's channel count is a multiple
-        of the block (16 with AVX-512): googlenet pruned in 8s ran 0.65 of its MACs cut at batch 64, with its
-        Concat inputs in 16s 0.84–0.91 (benchmarks/results/2026-11-24-cpu-share-one-thread.md)."""
+        concatenation also ``concat_round_to`` when given (their least common multiple). ONNX Runtime's CPU
+        kernels keep a Concat, and the pooling after it, in their blocked NCHWc layout only when every input's
+        channel count is a multiple of the block (16 with AVX-512): googlenet pruned in 8s ran 0.65 of its MACs
+        cut at batch 64, with its Concat inputs in 16s 0.84–0.91 (benchmarks/results/2026-11-24-cpu-share-one-thread.md)."""
         return math.lcm(round_to, concat_round_to) if self.feeds_concat and concat_round_to else round_to
 
     def alive(self, site_alive: dict[str, Tensor]) -> Tensor:
@@ -174,7 +174,7 @@ def plan_keep_masks(
 
     ``zero_support[name]`` is a boolean per channel (True: the support stayed zero). Channels already
     pruned (keep = 0) stay pruned. Per coupled group, a channel survives if any site keeps it; then the
-    count is rounded up to ``round_to`` (``concat_round_to`` for a group feeding a concatenation:
+    count is rounded up to ``round_to`` (and ``concat_round_to`` for a group feeding a concatenation:
     ``SiteGroup.rounding``) by reviving the dead channels with the highest ``scores``.
     Returns a 0/1 float mask per site (the new ``keep`` buffers), consistent within every group.
     """
@@ -333,11 +333,10 @@ def fill_macs_budget(
     max_trials: int = 48,
 ) -> tuple[dict[str, Tensor], int]:
     """``keep`` (a threshold search's masks, whose model has ``macs``, at or under ``target_macs``) with pruned
-    channels given back, best
-    score first, while the model stays within ``target_macs``. The threshold search stops at the first threshold
-    under the target; with ``round_to`` channels per step a group's count jumps, so that can land well under it
-    (a 16-channel layer at ``round_to`` 8 keeps 8 or 16). A channel that does not fit rules out the rest of its
-    site. At most ``max_trials`` MACs counts. Returns (keep masks, MACs)."""
+    channels given back, best score first, while the model stays within ``target_macs``. The threshold search
+    stops at the first threshold under the target; with ``round_to`` channels per step a group's count jumps, so
+    that can land well under it (a 16-channel layer at ``round_to`` 8 keeps 8 or 16). A channel that does not fit
+    rules out the rest of its site. At most ``max_trials`` MACs counts. Returns (keep masks, MACs)."""
     alive = {name: (site.keep > 0).cpu() for name, site in support_sites(model)}
     keep = {name: mask.cpu().clone() for name, mask in keep.items()}
     candidates = sorted(
