@@ -207,7 +207,7 @@ def compress(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
     """Dense → Sparse (B-alternation; channels with zero support pruned) → re-Dense; export and benchmark baseline, sparse and dense ONNX models."""
-    from supportprune.run.compress import compress as run_compress
+    from supportprune.pipelines.compress import compress as run_compress
 
     overrides = {
         "data.source": data, "weights": weights, "seed": seed, "data.input_size": input_size,
@@ -251,7 +251,7 @@ def train_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
     """Train a model by alternating weights and supports (paper section 4.1), or with plain SGD: the same loop, seed and data order for all three."""
-    from supportprune.run.compress import train
+    from supportprune.pipelines.compress import train
 
     overrides = {
         "data.source": data, "weights": weights, "seed": seed, "data.batch_size": batch_size,
@@ -287,7 +287,7 @@ def experiment(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="cap training steps per epoch (a smaller fine-tuning budget; smoke tests)"),
 ) -> None:
     """Measure the paper's claims with several seeds: Figure 3 and Table 7 (SGD vs I- vs B-alternation), Table 8 (DSD criteria), accuracy against MACs (support vs L1/L2/random); writes report.md with tables and plots. With --weights: every pruning criterion (support, its --variant ablations, the torch-pruning importances) from that trained model with the same budget, matched on MACs or predicted time, sparse models timed with ONNX Runtime. Resumes where it stopped."""
-    from supportprune.experiment import ExperimentPlan, command_line, run_experiment
+    from supportprune.pipelines.experiment import ExperimentPlan, command_line, run_experiment
 
     _, resolved = _recipe_with_options(recipe or ("pretrained" if weights else "embedded"), model, data,
                                        {"data.source": data, "train.epochs": epochs, "weights": weights}, model_arg)
@@ -295,7 +295,7 @@ def experiment(
     out = out or Path("results") / f"{kind}-{_run_name(model)}-{resolved.data.source.split(':')[0]}"
     reporter = RichReporter()
     if weights:
-        from supportprune.criteria_comparison import DEFAULT_CRITERIA, ComparisonPlan, parse_variant, run_comparison
+        from supportprune.pipelines.criteria import DEFAULT_CRITERIA, ComparisonPlan, parse_variant, run_comparison
 
         plan = ComparisonPlan(
             model, resolved, out, tuple(criteria.split(",")) if criteria else DEFAULT_CRITERIA,
@@ -345,8 +345,8 @@ def export_run(
     """Re-export a finished run's baseline, sparse and dense models to ONNX (checked against PyTorch)."""
     import yaml
 
-    from supportprune.deploy.deliver import export_models, load_run_models
-    from supportprune.run.layout import RunLayout
+    from supportprune.pipelines.deliver import export_models, load_run_models
+    from supportprune.store.layout import RunLayout
     from supportprune.inputs.data import load_data, make_loaders
     from supportprune.inputs.recipe import recipe_from_dict
     from supportprune.run.training_loop import choose_device

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from supportprune.run import atomic
-from supportprune.run.checkpoint import (
+from supportprune.store import atomic
+from supportprune.store.checkpoint import (
     CorruptCheckpointError, UnreadableCheckpointError, load_latest, read_checkpoint, save_checkpoint,
 )
 

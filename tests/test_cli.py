@@ -9,7 +9,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from supportprune.run.checkpoint import read_checkpoint
+from supportprune.store.checkpoint import read_checkpoint
 from supportprune.cli import app
 from tests.cli_helpers import one_line_error, write_recipe
 from supportprune.inputs.recipe import load_recipe, shipped_recipes
@@ -270,12 +270,12 @@ def test_a_full_disk_says_so_and_that_the_run_resumes(tmp_path, monkeypatch):
     import errno
     import os
 
-    import supportprune.run.compress
+    import supportprune.pipelines.compress
 
     def full_disk(*args, **kwargs):  # as the first checkpoint write on a full disk fails
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "checkpoints" / "last.pt"))
 
-    monkeypatch.setattr(supportprune.run.compress, "compress", full_disk)
+    monkeypatch.setattr(supportprune.pipelines.compress, "compress", full_disk)
     result = _compress(tmp_path, tmp_path / "out")
     one_line_error(result, "out of disk space writing", "last.pt", "run the same command again")
     assert "bug in supportprune" not in result.output

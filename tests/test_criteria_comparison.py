@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from supportprune.cli import app
-from supportprune.criteria_comparison import (ComparisonPlan, Variant, comparison_table, parse_variant, run_name,
+from supportprune.pipelines.criteria import (ComparisonPlan, Variant, comparison_table, parse_variant, run_name,
                                               verdicts)
 from supportprune.errors import SupportpruneError
 from supportprune.inputs.models import ModelSpec, build_model

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import supportprune.run.compress
-import supportprune.run.layout
-from supportprune import experiment
+import supportprune.pipelines.compress
+import supportprune.store.layout
+from supportprune.pipelines import experiment
 from supportprune.cli import app
 from supportprune.inputs.recipe import recipe_from_dict
 from tests.cli_helpers import write_recipe
@@ -64,7 +64,7 @@ def _fake_run(calls):
 
     def run(model, recipe, out_dir, **options):
         calls.append((model, options.get("max_steps_per_epoch"), recipe.weights))
-        supportprune.run.layout.RunLayout(out_dir).result.write_text(json.dumps({"model": model, "seconds": 0.0}))
+        supportprune.store.layout.RunLayout(out_dir).result.write_text(json.dumps({"model": model, "seconds": 0.0}))
         return {}
 
     return run
@@ -72,7 +72,7 @@ def _fake_run(calls):
 
 def test_a_changed_step_cap_or_model_runs_again_and_an_equal_one_is_read(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(supportprune.run.compress, "train", _fake_run(calls))
+    monkeypatch.setattr(supportprune.pipelines.compress, "train", _fake_run(calls))
     recipe = recipe_from_dict(RECIPE)
 
     def train_run(model, max_steps):
@@ -93,7 +93,7 @@ def test_a_changed_step_cap_or_model_runs_again_and_an_equal_one_is_read(tmp_pat
 
 def test_a_dsd_run_is_made_again_when_its_starting_model_changes(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(supportprune.run.compress, "compress", _fake_run(calls))
+    monkeypatch.setattr(supportprune.pipelines.compress, "compress", _fake_run(calls))
     weights = tmp_path / "trained.pt"
     recipe = recipe_from_dict({**RECIPE, "weights": str(weights)})
     plan = experiment.ExperimentPlan("a", recipe, tmp_path / "out", runs_dir=tmp_path / "runs")

@@ -10,8 +10,8 @@ import torch
 
 from supportprune.deploy import quantize
 from supportprune.deploy.benchmark import onnx_macs, onnx_precision
-from supportprune.deploy.deliver import export_models
-from supportprune.run.layout import RunLayout
+from supportprune.pipelines.deliver import export_models
+from supportprune.store.layout import RunLayout
 from supportprune.deploy.export import export_onnx
 from supportprune.inputs.models import ModelSpec
 from supportprune.deploy.quantize import agreement_warning, calibration_batches, onnx_top1_agreement, quantize_int8

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import supportprune.run.setup
 from supportprune.cli import app
-from supportprune.run.run_aside import move_aside
+from supportprune.store.run_aside import move_aside
 from tests.cli_helpers import write_recipe
 
 runner = CliRunner()

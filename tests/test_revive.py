@@ -106,8 +106,8 @@ def test_compress_runs_with_the_new_options(tmp_path):
     and restored channels; the points meet their scheduled targets and the checkpoint keeps the weights."""
     import json
 
-    from supportprune.run.checkpoint import read_checkpoint
-    from supportprune.run.compress import compress
+    from supportprune.store.checkpoint import read_checkpoint
+    from supportprune.pipelines.compress import compress
 
     recipe = recipe_from_dict({
         "seed": 3, "data": {"source": "embedded", "input_size": 12, "batch_size": 32},

@@ -13,9 +13,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from supportprune.run.checkpoint import _MAGIC, read_checkpoint
+from supportprune.store.checkpoint import _MAGIC, read_checkpoint
 from supportprune.cli import app
-from supportprune.run.layout import RunLayout
+from supportprune.store.layout import RunLayout
 from supportprune.run.run_state import RunState, rng_state, save_run
 from supportprune.errors import SupportpruneError
 from supportprune.deploy.latency_table import LatencyTable

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from supportprune.run.checkpoint import read_checkpoint
+from supportprune.store.checkpoint import read_checkpoint
 from supportprune.cli import app
 from tests.cli_helpers import one_line_error, write_recipe
 from supportprune.method.criteria import prunable_weights

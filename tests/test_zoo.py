@@ -13,10 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from supportprune.run.checkpoint import read_checkpoint
+from supportprune.store.checkpoint import read_checkpoint
 from supportprune.cli import app
-from supportprune.deploy.deliver import load_run_models
-from supportprune.run.layout import RunLayout
+from supportprune.pipelines.deliver import load_run_models
+from supportprune.store.layout import RunLayout
 from supportprune.method.convert import convert_relus
 from supportprune.inputs.models import build_model
 from tests.cli_helpers import write_recipe

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from supportprune.method import dsd  # noqa: E402
 from supportprune.method.allocation import layer_shapes  # noqa: E402
-from supportprune.run.atomic import atomic_write_text  # noqa: E402
+from supportprune.store.atomic import atomic_write_text  # noqa: E402
 from supportprune.deploy.benchmark import TUNED_CUDA_OPTIONS, benchmark_side_by_side, environment  # noqa: E402
 from supportprune.deploy.latency_table import measure_latency_table  # noqa: E402
 from supportprune.deploy.export import export_onnx  # noqa: E402

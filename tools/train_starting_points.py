@@ -32,8 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supportprune.run.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
-from supportprune.run.checkpoint import read_checkpoint, save_checkpoint  # noqa: E402
+from supportprune.store.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from supportprune.store.checkpoint import read_checkpoint, save_checkpoint  # noqa: E402
 from supportprune.inputs.data import load_data, make_loaders, reseed_epoch  # noqa: E402
 from supportprune.errors import SupportpruneError  # noqa: E402
 from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402

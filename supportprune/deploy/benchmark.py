@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from supportprune.run.atomic import atomic_write_text
+from supportprune.store.atomic import atomic_write_text
 from supportprune.errors import SupportpruneError
 
 CPU = "CPUExecutionProvider"

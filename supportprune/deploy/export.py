@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from supportprune.run.atomic import atomic_write_bytes
+from supportprune.store.atomic import atomic_write_bytes
 from supportprune.errors import SupportpruneError
 
 INPUT_NAME = "input"

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from supportprune.method.allocation import LayerShape
-from supportprune.run.atomic import atomic_write_text
+from supportprune.store.atomic import atomic_write_text
 from supportprune.deploy.benchmark import make_runner, open_session, session_providers, time_calls
 from supportprune.errors import SupportpruneError
 from supportprune.method.pruning import rounded_keep_count

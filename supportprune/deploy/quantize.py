@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from supportprune.run.atomic import atomic_write_bytes
+from supportprune.store.atomic import atomic_write_bytes
 from supportprune.errors import SupportpruneError
 
 MAX_TOP1_LOSS = 1.0  # points of top-1 int8 may lose against fp32 and still be called accurate (issue 15's bound)

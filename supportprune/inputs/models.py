@@ -220,7 +220,7 @@ def load_weights(model: nn.Module, weights: str, model_name: str) -> None:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from supportprune.run.checkpoint import CheckpointError, is_checkpoint, load_plain, read_checkpoint
+    from supportprune.store.checkpoint import CheckpointError, is_checkpoint, load_plain, read_checkpoint
 
     try:
         # supportprune's own model files (models/*.pt) carry a checksum header before the torch payload.

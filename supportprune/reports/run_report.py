@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any, Sequence
 
-from supportprune.run.atomic import atomic_write_bytes, atomic_write_text
+from supportprune.store.atomic import atomic_write_bytes, atomic_write_text
 from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
 
 

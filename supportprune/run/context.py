@@ -9,12 +9,12 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from supportprune.run.atomic import atomic_write_text
+from supportprune.store.atomic import atomic_write_text
 from supportprune.inputs.data import ExampleIndices
 from supportprune.inputs.models import ModelSpec
 from supportprune.inputs.recipe import Recipe
-from supportprune.run.layout import RunLayout
-from supportprune.run.reporter import Reporter
+from supportprune.store.layout import RunLayout
+from supportprune.store.reporter import Reporter
 from supportprune.run.run_state import RunState
 
 

@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from supportprune.errors import SupportpruneError
 from supportprune.inputs.data import reseed_epoch
 from supportprune.method.support import support_sites
-from supportprune.run.checkpoint import load_latest
+from supportprune.store.checkpoint import load_latest
 from supportprune.run.context import RunContext
 from supportprune.run.phases import Phase
 from supportprune.run.run_state import RunState, restore_rng, rng_state, save_run

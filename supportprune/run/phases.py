@@ -16,7 +16,7 @@ from supportprune.inputs.recipe import PhaseConfig
 from supportprune.method import dsd
 from supportprune.method.distill import DistillationLoss
 from supportprune.method.support import convert_relus, kept_channel_counts, support_sites
-from supportprune.run.checkpoint import read_checkpoint
+from supportprune.store.checkpoint import read_checkpoint
 from supportprune.run.context import RunContext
 from supportprune.run.run_state import save_model_state
 from supportprune.run.training_loop import cross_entropy_loss, evaluate

@@ -11,9 +11,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from supportprune.run.atomic import atomic_write_text
-from supportprune.run.checkpoint import save_checkpoint
-from supportprune.run.layout import RunLayout
+from supportprune.store.atomic import atomic_write_text
+from supportprune.store.checkpoint import save_checkpoint
+from supportprune.store.layout import RunLayout
 
 
 @dataclass

@@ -14,12 +14,12 @@ from supportprune.inputs.models import ModelSpec, build_model, check_forward
 from supportprune.inputs.recipe import Recipe
 from supportprune.method.pruning import count_macs_params
 from supportprune.method.support import convert_relus, kept_channel_counts, set_site_mode
-from supportprune.run.atomic import atomic_write_text
+from supportprune.store.atomic import atomic_write_text
 from supportprune.run.context import RunContext
 from supportprune.run.distributed import cluster_device
-from supportprune.run.layout import RunLayout, prepare_run_dir, run_info
-from supportprune.run.reporter import Reporter
-from supportprune.run.run_aside import move_aside
+from supportprune.store.layout import RunLayout, prepare_run_dir, run_info
+from supportprune.store.reporter import Reporter
+from supportprune.store.run_aside import move_aside
 from supportprune.run.run_state import RunState
 from supportprune.run.sync_batch_norm import use_global_batch_statistics
 from supportprune.run.training_loop import choose_device, seed_everything

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from supportprune.run.atomic import atomic_write
+from supportprune.store.atomic import atomic_write
 from supportprune.errors import SupportpruneError
 
 Storage = Literal["auto", "memory", "disk"]

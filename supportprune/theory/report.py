@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from supportprune.run.atomic import atomic_write_bytes, atomic_write_text
+from supportprune.store.atomic import atomic_write_bytes, atomic_write_text
 from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
 from supportprune.theory import experiments as ex
 from supportprune.theory import verdicts

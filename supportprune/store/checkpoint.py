@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from supportprune.run.atomic import atomic_write_bytes
+from supportprune.store.atomic import atomic_write_bytes
 from supportprune.errors import SupportpruneError
 
 _MAGIC = b"SPCKPT1\n"

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from supportprune.errors import SupportpruneError
-from supportprune.experiment import _png, _pyplot, _versions, mean_std, reuse_or_set_aside, run_key
+from supportprune.pipelines.experiment import _png, _pyplot, _versions, mean_std, reuse_or_set_aside, run_key
 from supportprune.inputs.recipe import CHANNEL_CRITERIA, Recipe, with_overrides
 from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
-from supportprune.run.atomic import atomic_write_bytes, atomic_write_text
+from supportprune.store.atomic import atomic_write_bytes, atomic_write_text
 
 DEFAULT_CRITERIA = ("support",) + CHANNEL_CRITERIA
 DEFAULT_TARGETS = (0.5, 0.3)
@@ -154,8 +154,8 @@ def _method_overrides(plan: ComparisonPlan, method: str, target: float, allocati
 
 
 def _compress_and_time(plan: ComparisonPlan, recipe: Recipe, name: str, message, reporter) -> dict[str, Any]:
-    from supportprune.run.compress import compress
-    from supportprune.run.layout import RunLayout
+    from supportprune.pipelines.compress import compress
+    from supportprune.store.layout import RunLayout
 
     layout = RunLayout((plan.runs_dir or plan.out_dir / "runs") / name)
     if not reuse_or_set_aside(layout.root, run_key(plan.model, recipe, plan.max_steps), message):
@@ -177,7 +177,7 @@ def time_sparse_model(layout, plan: ComparisonPlan) -> dict[str, Any]:
     import torch
 
     from supportprune.deploy.benchmark import benchmark_side_by_side
-    from supportprune.deploy.deliver import load_run_models
+    from supportprune.pipelines.deliver import load_run_models
     from supportprune.deploy.export import export_onnx
 
     spec, models = load_run_models(layout, "cpu")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from supportprune.run.atomic import atomic_write_bytes, atomic_write_text
+from supportprune.store.atomic import atomic_write_bytes, atomic_write_text
 from supportprune.errors import SupportpruneError
 from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
 from supportprune.inputs.recipe import Recipe, with_overrides
@@ -109,8 +109,8 @@ def _run_dir(plan: ExperimentPlan, name: str) -> Path:
 
 
 def _train_run(plan, recipe, alternation, seed, message, reporter) -> dict[str, Any]:
-    from supportprune.run.compress import train
-    from supportprune.run.layout import RunLayout
+    from supportprune.pipelines.compress import train
+    from supportprune.store.layout import RunLayout
 
     name = f"train-{alternation}-seed{seed}"
     layout = RunLayout(_run_dir(plan, name))
@@ -122,8 +122,8 @@ def _train_run(plan, recipe, alternation, seed, message, reporter) -> dict[str, 
 
 
 def _compress_run(plan, recipe, name, message, reporter, overrides) -> dict[str, Any]:
-    from supportprune.run.compress import compress
-    from supportprune.run.layout import RunLayout
+    from supportprune.pipelines.compress import compress
+    from supportprune.store.layout import RunLayout
 
     layout = RunLayout(_run_dir(plan, name))
     resolved = with_overrides(recipe, overrides, "experiment")
@@ -164,8 +164,8 @@ def reuse_or_set_aside(root: Path, key: dict[str, Any], message: Callable[[str],
     run made under another key (another model, recipe, step cap or starting model) is moved aside whole, to
     ``root.1`` (``root.2``, ...), and the key is written down before the run starts, so an interrupted run
     resumes only into the same settings."""
-    from supportprune.run.layout import RunLayout
-    from supportprune.run.run_aside import move_aside
+    from supportprune.store.layout import RunLayout
+    from supportprune.store.run_aside import move_aside
 
     layout = RunLayout(root)
     key_path = root / RUN_KEY_FILE

@@ -13,15 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from supportprune.deploy.deliver import ModelSummary, benchmark_models, export_models, load_run_models
+from supportprune.pipelines.deliver import ModelSummary, benchmark_models, export_models, load_run_models
 from supportprune.inputs.data import make_loaders
 from supportprune.inputs.recipe import Recipe, with_resolved_preprocessing
 from supportprune.run.context import RunContext
 from supportprune.run.distributed import init_cluster, shutdown_cluster
 from supportprune.run.engine import Engine
-from supportprune.run.layout import RunLayout
+from supportprune.store.layout import RunLayout
 from supportprune.run.phases import DensePhase, RedensePhase
-from supportprune.run.reporter import Reporter, SilentReporter
+from supportprune.store.reporter import Reporter, SilentReporter
 from supportprune.run.setup import build_context, open_run_dir
 from supportprune.run.signals import StopRequests
 from supportprune.run.sparse_phase import SparsePhase

@@ -17,10 +17,10 @@ from supportprune.inputs.recipe import Recipe
 from supportprune.method import dsd
 from supportprune.method.pruning import count_macs_params
 from supportprune.method.support import convert_relus, export_ready
-from supportprune.run.atomic import atomic_write_text
-from supportprune.run.checkpoint import read_checkpoint
-from supportprune.run.layout import RunLayout
-from supportprune.run.reporter import Reporter
+from supportprune.store.atomic import atomic_write_text
+from supportprune.store.checkpoint import read_checkpoint
+from supportprune.store.layout import RunLayout
+from supportprune.store.reporter import Reporter
 from supportprune.run.training_loop import evaluate
 
 MODEL_KINDS = ("baseline", "sparse", "dense")
