@@ -251,7 +251,7 @@ def train_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
 ) -> None:
     """Train a model by alternating weights and supports (paper section 4.1), or with plain SGD: the same loop, seed and data order for all three."""
-    from supportprune.pipelines.compress import train
+    from supportprune.pipelines.train import train
 
     overrides = {
         "data.source": data, "weights": weights, "seed": seed, "data.batch_size": batch_size,
@@ -343,23 +343,10 @@ def export_run(
     device: str = typer.Option("auto", "--device", help="device for the accuracy check"),
 ) -> None:
     """Re-export a finished run's baseline, sparse and dense models to ONNX (checked against PyTorch)."""
-    import yaml
+    from supportprune.pipelines.export import export_run as export_finished_run
 
-    from supportprune.pipelines.deliver import export_models, load_run_models
-    from supportprune.store.layout import RunLayout
-    from supportprune.inputs.data import load_data, make_loaders
-    from supportprune.inputs.recipe import recipe_from_dict
-    from supportprune.run.training_loop import choose_device
-
-    layout = RunLayout(run_dir)
     _ErrorLog.use_run_dir(run_dir)
-    torch_device = choose_device(device)
-    spec, models = load_run_models(layout, torch_device)
-    recipe = recipe_from_dict(yaml.safe_load(layout.recipe.read_text()), str(layout.recipe))
-    data = load_data(recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean,
-                     std=recipe.data.std, channels=recipe.data.channels, resize_to=recipe.data.resize_to)
-    train_loader, val_loader = make_loaders(data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)
-    export_models(spec, models, recipe, layout, val_loader, torch_device, RichReporter(), calibration_loader=train_loader)
+    export_finished_run(run_dir, device=device, reporter=RichReporter())
 
 
 @app.command()

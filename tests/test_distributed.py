@@ -207,7 +207,7 @@ def _rng_worker(rank: int, world_size: int, port: int, out_dir: str, recipe_path
     sys.path.insert(0, str(Path(__file__).parent))  # tiny_models
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
-    import supportprune.pipelines.compress as compress
+    import supportprune.pipelines.train as compress
     import supportprune.run.engine as engine
     import supportprune.run.setup as setup
     from supportprune.inputs.recipe import load_recipe

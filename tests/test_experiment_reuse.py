@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import supportprune.pipelines.compress
+import supportprune.pipelines.train
 import supportprune.store.layout
 from supportprune.pipelines import experiment
 from supportprune.cli import app
@@ -72,7 +73,7 @@ def _fake_run(calls):
 
 def test_a_changed_step_cap_or_model_runs_again_and_an_equal_one_is_read(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(supportprune.pipelines.compress, "train", _fake_run(calls))
+    monkeypatch.setattr(supportprune.pipelines.train, "train", _fake_run(calls))
     recipe = recipe_from_dict(RECIPE)
 
     def train_run(model, max_steps):

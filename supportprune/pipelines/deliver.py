@@ -1,9 +1,11 @@
-"""The three models of a finished ``compress`` run (baseline, sparse, dense): rebuilt from the run directory,
-exported to ONNX (fp32, and fp16 and int8 when the recipe asks) and benchmarked side by side."""
+"""Delivering a finished ``compress`` run: its three models (baseline, sparse, dense) rebuilt from the run
+directory, exported to ONNX (fp32, and fp16 and int8 when the recipe asks) and checked, benchmarked side by side,
+and the run's report written (``deliver_run``)."""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -12,6 +14,7 @@ from torch import nn
 
 from supportprune.deploy.quantize import onnx_top1_agreement as top1_agreement
 from supportprune.errors import SupportpruneError
+from supportprune.inputs.data import make_loaders
 from supportprune.inputs.models import ModelSpec, build_model
 from supportprune.inputs.recipe import Recipe
 from supportprune.method import dsd
@@ -21,6 +24,8 @@ from supportprune.store.atomic import atomic_write_text
 from supportprune.store.checkpoint import read_checkpoint
 from supportprune.store.layout import RunLayout
 from supportprune.store.reporter import Reporter
+from supportprune.reports.run_report import write_report
+from supportprune.run.context import RunContext
 from supportprune.run.training_loop import evaluate
 
 MODEL_KINDS = ("baseline", "sparse", "dense")
@@ -34,6 +39,21 @@ class ModelSummary:
     top1: float
     onnx: str
     max_abs_diff: float
+
+
+def deliver_run(context: RunContext) -> tuple[list[ModelSummary], list[Any]]:
+    """Rank 0, after training: export and check the three models, benchmark them, write the report."""
+    recipe, layout, reporter = context.recipe, context.layout, context.reporter
+    # Each rank validated on its shard; the exported models are checked on the whole validation set.
+    full_val = context.val_loader if not context.cluster.distributed else make_loaders(
+        context.data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)[1]
+    spec, models = load_run_models(layout, context.device)
+    summaries = export_models(spec, models, recipe, layout, full_val, context.device, reporter, context.train_loader)
+    bench = benchmark_models(recipe, layout, reporter)
+    seconds = time.perf_counter() - context.started
+    write_report(layout, context.model_name, recipe, context.data.description, summaries, bench, context.state, seconds)
+    reporter.message(f"report: {layout.report}")
+    return summaries, bench
 
 
 def load_run_models(layout: RunLayout, device: torch.device | str = "cpu") -> tuple[ModelSpec, dict[str, nn.Module]]:

@@ -109,7 +109,7 @@ def _run_dir(plan: ExperimentPlan, name: str) -> Path:
 
 
 def _train_run(plan, recipe, alternation, seed, message, reporter) -> dict[str, Any]:
-    from supportprune.pipelines.compress import train
+    from supportprune.pipelines.train import train
     from supportprune.store.layout import RunLayout
 
     name = f"train-{alternation}-seed{seed}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -31,12 +31,11 @@ CURVE_POINTS_PER_EPOCH = 20  # training loss and error are logged this often per
 
 
 class Engine:
-    """Runs ``phases`` (made by ``make_phases`` from the run's context) from where the run directory says."""
+    """Runs ``phases`` (each made from the run's context) from where the run directory says."""
 
-    def __init__(self, context: RunContext, make_phases: Callable[[RunContext], Sequence[Phase]],
-                 stop_requests: StopRequests, resuming: bool) -> None:
+    def __init__(self, context: RunContext, phases: Sequence[Phase], stop_requests: StopRequests, resuming: bool) -> None:
         self.context, self.stop_requests = context, stop_requests
-        self.phases = list(make_phases(context))
+        self.phases = list(phases)
         self.saved = self._resume() if resuming else None
 
     @property

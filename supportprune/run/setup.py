@@ -1,28 +1,68 @@
-"""Opening a run: its directory (new, resumed or moved aside by --restart), then its data and model, the same
-on every rank."""
+"""Opening a run: the processes joined and signals caught, its directory (new, resumed or moved aside by
+--restart), then its data and model, the same on every rank; ``opened_run`` does all of it for a command."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from supportprune.errors import SupportpruneError
 from supportprune.inputs.data import load_data, make_loaders
 from supportprune.inputs.models import ModelSpec, build_model, check_forward
-from supportprune.inputs.recipe import Recipe
+from supportprune import __version__
+from supportprune.inputs.recipe import Recipe, same_recipe
 from supportprune.method.pruning import count_macs_params
 from supportprune.method.support import convert_relus, kept_channel_counts, set_site_mode
 from supportprune.store.atomic import atomic_write_text
 from supportprune.run.context import RunContext
-from supportprune.run.distributed import cluster_device
-from supportprune.store.layout import RunLayout, prepare_run_dir, run_info
-from supportprune.store.reporter import Reporter
+from supportprune.run.distributed import cluster_device, init_cluster, shutdown_cluster
+from supportprune.run.engine import Engine
+from supportprune.run.phases import Phase
+from supportprune.store.layout import RunLayout
+from supportprune.store.reporter import Reporter, SilentReporter
 from supportprune.store.run_aside import move_aside
 from supportprune.run.run_state import RunState
+from supportprune.run.signals import StopRequests
 from supportprune.run.sync_batch_norm import use_global_batch_statistics
 from supportprune.run.training_loop import choose_device, seed_everything
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """A run ready to train: its context, whether it resumes, and the stop requests its engine watches."""
+
+    context: RunContext
+    resuming: bool
+    stop_requests: StopRequests
+
+    def run_phases(self, phases: Sequence[Phase]) -> None:
+        """Run ``phases`` in order with the engine, from where the run directory says (all of them when new)."""
+        Engine(self.context, phases, self.stop_requests, self.resuming).run()
+
+
+@contextmanager
+def opened_run(model_name: str, recipe: Recipe, out_dir: Path, *, device: str, restart: bool,
+               reporter: Reporter | None, max_steps: int | None) -> Iterator[OpenedRun]:
+    """Join the processes (torchrun), catch SIGINT/SIGTERM, open the run directory and build the data and model;
+    the processes are left again on the way out. Only rank 0 reports."""
+    started = time.perf_counter()
+    cluster = init_cluster(device)
+    try:
+        with StopRequests() as stop_requests:
+            reporter = reporter if (reporter is not None and cluster.is_main) else SilentReporter()
+            layout = RunLayout(out_dir)
+            resuming = open_run_dir(layout, recipe, model_name, cluster, reporter, restart)
+            context = build_context(model_name, recipe, layout, cluster, reporter, device, max_steps, started)
+            yield OpenedRun(context, resuming, stop_requests)
+    finally:
+        shutdown_cluster(cluster)
 
 
 def open_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, cluster, reporter: Reporter, restart: bool) -> bool:
@@ -81,3 +121,35 @@ def build_context(model_name: str, recipe: Recipe, layout: RunLayout, cluster, r
                       model, example, baseline_macs, baseline_params, state, max_steps, started)
 
 
+def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str) -> bool:
+    """Create or reopen the run directory; True when an earlier run of the same recipe is resumed."""
+    try:
+        layout.root.mkdir(parents=True, exist_ok=True)
+        probe = layout.root / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise SupportpruneError(f"cannot write to output directory {layout.root}: {error.strerror}; choose another --out") from None
+    if layout.checkpoint.exists() or layout.checkpoint.with_suffix(".pt.previous").exists():
+        previous_info = json.loads(layout.run_info.read_text()) if layout.run_info.exists() else {}
+        if not same_recipe(layout.recipe, recipe) or previous_info.get("model") != model_name:
+            raise SupportpruneError(
+                f"{layout.root} holds a run with another model or recipe; use another --out, or --restart to start over there"
+            )
+        return True
+    return False
+
+
+def run_info(model_name: str) -> dict[str, Any]:
+    """run.json: the model and the versions it ran with."""
+    import torch
+    import torchvision
+
+    return {
+        "model": model_name,
+        "supportprune": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }

@@ -25,7 +25,6 @@ class TrainPhase(Phase):
         super().__init__(context)
         self.instance_supports = InstanceSupports(context)
         self.fixed_supports = False  # this epoch trains on stored supports (I-alternation)
-        self.final_result: dict[str, Any] = {}  # the closing evaluation
 
     def before_epoch(self, epoch: int):
         train, model = self.context.recipe.train, self.context.model
@@ -51,9 +50,10 @@ class TrainPhase(Phase):
         if self.context.recipe.train.alternation == "instance" and self.instance_supports.store is not None:
             record["supports_kept"] = self.instance_supports.kept_fractions()
 
-    def closing_evaluation(self) -> None:
+    def closing_evaluation(self) -> dict[str, Any]:
         """After the phase (also when a finished run is run again): validation error with η* on each example (the usual
-        test), and with MaskT (the training set's majority supports, no thresholding; the paper's Table 2)."""
+        test), and with MaskT (the training set's majority supports, no thresholding; the paper's Table 2). Rank 0
+        saves the trained model (models/trained.pt)."""
         context = self.context
         train, model, device = context.recipe.train, context.model, context.device
         reduce = context.cluster.all_reduce_sum
@@ -73,18 +73,9 @@ class TrainPhase(Phase):
             "metrics": context.state.metrics, "curve": context.state.curve,
             "seconds": time.perf_counter() - context.started,
         }
-        self.final_result = {k: v for k, v in result.items() if k not in ("metrics", "curve")}
         if context.cluster.is_main:
             save_model_state(context.layout.model_state("trained"), model)
-            context.write_result(result)
-            from supportprune.reports.run_report import write_train_report
-
-            write_train_report(context.layout, context.model_name, context.recipe, context.data.description,
-                               context.state, result)
-            context.reporter.message(
-                f"validation error {result['val_error']:.2f}% (η* on each example), {result['maskt_val_error']:.2f}% "
-                f"with MaskT; report: {context.layout.report}"
-            )
+        return result
 
     @torch.no_grad()
     def _support_counts(self, relative_threshold: float, granularity: str) -> tuple[dict[str, torch.Tensor], int]:

@@ -1,15 +1,8 @@
-"""The files of a run directory, and opening one: a new run, or the same recipe and model resumed."""
+"""The files of a run directory, named in one place."""
 
 from __future__ import annotations
 
-import json
-import platform
 from pathlib import Path
-from typing import Any
-
-from supportprune import __version__
-from supportprune.errors import SupportpruneError
-from supportprune.inputs.recipe import Recipe, same_recipe
 
 
 class RunLayout:
@@ -35,37 +28,3 @@ class RunLayout:
 
     def onnx(self, kind: str, fp16: bool = False, int8: bool = False) -> Path:
         return self.root / (f"{kind}.fp16.onnx" if fp16 else f"{kind}.int8.onnx" if int8 else f"{kind}.onnx")
-
-
-def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str) -> bool:
-    """Create or reopen the run directory; True when an earlier run of the same recipe is resumed."""
-    try:
-        layout.root.mkdir(parents=True, exist_ok=True)
-        probe = layout.root / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise SupportpruneError(f"cannot write to output directory {layout.root}: {error.strerror}; choose another --out") from None
-    if layout.checkpoint.exists() or layout.checkpoint.with_suffix(".pt.previous").exists():
-        previous_info = json.loads(layout.run_info.read_text()) if layout.run_info.exists() else {}
-        if not same_recipe(layout.recipe, recipe) or previous_info.get("model") != model_name:
-            raise SupportpruneError(
-                f"{layout.root} holds a run with another model or recipe; use another --out, or --restart to start over there"
-            )
-        return True
-    return False
-
-
-def run_info(model_name: str) -> dict[str, Any]:
-    """run.json: the model and the versions it ran with."""
-    import torch
-    import torchvision
-
-    return {
-        "model": model_name,
-        "supportprune": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
