@@ -28,7 +28,8 @@ from supportprune.errors import SupportpruneError
 from supportprune.deploy.export import ExportCheck, export_onnx
 from supportprune.method.pruning import count_macs_params
 from supportprune.inputs.recipe import REVIVALS, SparseConfig
-from supportprune.method.support import export_ready, kept_channel_counts
+from supportprune.method.convert import export_ready
+from supportprune.method.support import kept_channel_counts
 
 
 class SupportPruner:

@@ -19,7 +19,8 @@ from supportprune.errors import SupportpruneError
 from supportprune.deploy.latency_table import LatencyTable, LayerGrid, grid_widths, layer_model_bytes, measure_latency_table
 from supportprune.method.pruning import apply_keep_masks, count_macs_params, prune_to_keep_masks
 from supportprune.inputs.recipe import SparseConfig
-from supportprune.method.support import convert_relus, support_sites
+from supportprune.method.convert import convert_relus
+from supportprune.method.support import support_sites
 from tiny_models import BiasFreeChain, TinyConcatNet, TinyResNet
 
 

@@ -16,7 +16,8 @@ from supportprune.method.alternation import (
 )
 from supportprune.inputs.data import DataSplits, make_loaders, reseed_epoch
 from supportprune.run.stored_supports import InstanceMaskStore, MaskBudgetError, choose_storage, required_bytes
-from supportprune.method.support import convert_relus, fix_supports, release_supports, set_site_mode, support_sites
+from supportprune.method.convert import convert_relus
+from supportprune.method.support import fix_supports, release_supports, set_site_mode, support_sites
 from supportprune.theory.lifted import stacked_two_layer_U
 from supportprune.theory.separation import separated_v
 from supportprune.run.training_loop import train_epoch

@@ -4,7 +4,8 @@ supports computed by hand on a two-layer 1×1 convolution network with known pre
 import torch
 from torch import nn
 
-from supportprune.method.support import capture_supports, convert_relus, set_site_mode, support_sites
+from supportprune.method.convert import convert_relus
+from supportprune.method.support import capture_supports, set_site_mode, support_sites
 
 
 def _network() -> nn.Module:

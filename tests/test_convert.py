@@ -16,7 +16,8 @@ from supportprune.method import dsd
 from supportprune.errors import SupportpruneError
 from supportprune.deploy.export import export_onnx
 from supportprune.method.pruning import apply_keep_masks, plan_keep_masks, prune_to_keep_masks
-from supportprune.method.support import SupportSite, TraceError, convert_relus, export_ready, support_sites
+from supportprune.method.convert import TraceError, convert_relus, export_ready
+from supportprune.method.support import SupportSite, support_sites
 from user_models import DataDependentBatch, Functional, GeluNet, MobileNetStyle, Nested, Reused, ShapeChecked
 
 # Hand-counted call sites: (name, channels, in-place, upper clamp) in module order.
@@ -203,7 +204,10 @@ def test_resnet18_without_fx_gives_the_sites_of_the_fx_path(monkeypatch):
     torch.testing.assert_close(recorded(x), traced(x), atol=0, rtol=0)
 
 
-def test_convert_module_imports_on_its_own():
-    """support.py re-exports convert_relus lazily: importing convert.py first must not be circular."""
-    code = "import supportprune.method.convert as c, supportprune.method.support as s; assert s.convert_relus is c.convert_relus"
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_convert_and_support_import_in_either_order_and_name_their_own_definitions():
+    """convert.py builds on support.py, never the other way: either imports first, and support.py does not
+    hand out convert.py's functions (an import names the module that defines what it takes)."""
+    for first, second in (("convert", "support"), ("support", "convert")):
+        code = (f"import supportprune.method.{first}, supportprune.method.{second}; import supportprune.method.support as s; "
+                "assert not any(hasattr(s, name) for name in ('convert_relus', 'TraceError', 'export_ready'))")
+        subprocess.run([sys.executable, "-c", code], check=True)

@@ -35,7 +35,8 @@ from supportprune.method.pruning import (
     site_groups,
 )
 from supportprune.inputs.recipe import CHANNEL_CRITERIA, CRITERIA, SparseConfig
-from supportprune.method.support import convert_relus, set_site_mode, support_sites
+from supportprune.method.convert import convert_relus
+from supportprune.method.support import set_site_mode, support_sites
 from tests.cli_helpers import write_recipe
 from tests.tiny_models import TinyConcatNet, TinyResNet
 

@@ -81,7 +81,8 @@ def traced_with_thresholds() -> fx.GraphModule:
 
 def with_support_sites() -> nn.Module:
     """TinyNet as the compressor hands it over: every ReLU a SupportSite with β > 0 and pruned channels."""
-    from supportprune.method.support import convert_relus, support_sites
+    from supportprune.method.convert import convert_relus
+    from supportprune.method.support import support_sites
 
     model = convert_relus(randomize_bn(TinyNet()), images(2))
     for _, site in support_sites(model):

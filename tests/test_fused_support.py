@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from supportprune.method.convert import convert_relus
 from supportprune.method.support import (
     SupportSite,
     batch_support_mask,
     batch_unit_energy,
-    convert_relus,
     positive_hard_threshold,
     relative_energy,
     set_site_mode,

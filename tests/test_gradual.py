@@ -6,7 +6,7 @@ import torch
 from supportprune.method import dsd
 from supportprune.method.pruning import count_macs_params
 from supportprune.inputs.recipe import RecipeError, SparseConfig, recipe_from_dict
-from supportprune.method.support import convert_relus
+from supportprune.method.convert import convert_relus
 from tests.tiny_models import TinyConcatNet
 
 

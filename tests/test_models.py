@@ -9,7 +9,7 @@ import torchvision
 
 from supportprune.errors import SupportpruneError
 from supportprune.inputs.models import ModelSpec, build_model
-from supportprune.method.support import convert_relus
+from supportprune.method.convert import convert_relus
 
 
 def test_torchvision_model_adapts_head_and_input_channels():

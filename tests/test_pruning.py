@@ -20,7 +20,8 @@ from supportprune.method.pruning import (
     zero_pruned_connections,
 )
 from supportprune.inputs.recipe import SparseConfig
-from supportprune.method.support import convert_relus, support_sites
+from supportprune.method.convert import convert_relus
+from supportprune.method.support import support_sites
 from tiny_models import BiasFreeChain, TinyConcatNet, TinyResNet
 
 

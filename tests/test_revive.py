@@ -8,7 +8,8 @@ from torch import nn
 from supportprune.method import dsd
 from supportprune.method.pruning import apply_keep_masks
 from supportprune.inputs.recipe import RecipeError, recipe_from_dict
-from supportprune.method.support import convert_relus, support_sites
+from supportprune.method.convert import convert_relus
+from supportprune.method.support import support_sites
 
 PRUNED = [1, 4]  # channels of the first site
 

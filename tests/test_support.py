@@ -5,13 +5,15 @@ import torch
 import torchvision
 from torch import nn
 
+from supportprune.method.convert import (
+    convert_relus,
+    export_ready,
+)
 from supportprune.method.support import (
     SupportSite,
     batch_support_mask,
     batch_unit_energy,
     capture_supports,
-    convert_relus,
-    export_ready,
     fix_supports,
     positive_hard_threshold,
     release_supports,

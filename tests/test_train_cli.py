@@ -17,7 +17,7 @@ from tests.cli_helpers import one_line_error, write_recipe
 from supportprune.method.criteria import prunable_weights
 from supportprune.inputs.models import ModelSpec, build_model
 from supportprune.method.pruning import apply_keep_masks, count_macs_params, prune_to_keep_masks
-from supportprune.method.support import convert_relus
+from supportprune.method.convert import convert_relus
 
 runner = CliRunner()
 

@@ -47,7 +47,7 @@ from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402
 from supportprune.method.pruning import count_macs_params  # noqa: E402
 from supportprune.deploy.quantize import quantize_int8  # noqa: E402
 from supportprune.errors import SupportpruneError  # noqa: E402
-from supportprune.method.support import TraceError, convert_relus, export_ready  # noqa: E402
+from supportprune.method.convert import TraceError, convert_relus, export_ready  # noqa: E402
 
 
 def l1_variant(model, example, target: float, round_to: int):

@@ -28,7 +28,8 @@ def worker(args: argparse.Namespace) -> None:
 
     from supportprune.run.distributed import cluster_device, init_cluster, shutdown_cluster
     from supportprune.inputs.models import ModelSpec, build_model
-    from supportprune.method.support import convert_relus, set_site_mode
+    from supportprune.method.convert import convert_relus
+    from supportprune.method.support import set_site_mode
 
     cluster = init_cluster(args.device)
     device = torch.device(cluster_device(cluster, args.device) if args.device != "auto" else

@@ -33,7 +33,7 @@ from supportprune.deploy.export import export_onnx  # noqa: E402
 from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402
 from supportprune.method.pruning import count_macs_params  # noqa: E402
 from supportprune.inputs.recipe import SparseConfig  # noqa: E402
-from supportprune.method.support import convert_relus, export_ready  # noqa: E402
+from supportprune.method.convert import convert_relus, export_ready  # noqa: E402
 
 
 def pruned_variant(model, example, target: float, round_to: int, calibration: list[torch.Tensor],

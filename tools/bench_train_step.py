@@ -36,7 +36,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from supportprune.deploy.benchmark import time_calls  # noqa: E402
 from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402
-from supportprune.method.support import convert_relus, set_site_mode, support_sites  # noqa: E402
+from supportprune.method.convert import convert_relus  # noqa: E402
+from supportprune.method.support import set_site_mode, support_sites  # noqa: E402
 
 VARIANTS = ("plain", "naive", "fused")
 

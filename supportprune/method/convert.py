@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from supportprune.errors import SupportpruneError
-from supportprune.method.support import SupportSite
+from supportprune.method.support import SupportSite, support_sites
 
 RELU6_UPPER = 6.0
 _RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
@@ -509,3 +509,22 @@ def recorded_site_producers(model: nn.Module, example_input: Tensor, producer_ty
         if tensor_id in produced and counter.reads.get(tensor_id, 0) == 0:
             producers[site] = produced[tensor_id][0]
     return producers
+
+
+def export_ready(model: nn.Module) -> nn.Module:
+    """A copy for export where sites that are exactly ReLU (β = 0, nothing pruned) become ``nn.ReLU``
+    (``nn.ReLU6`` for clamped sites), so runtimes can fuse them into the preceding convolution."""
+    import copy
+
+    ready = copy.deepcopy(model).eval()
+    for name, site in list(support_sites(ready)):
+        if site.mode == "fixed":
+            raise ValueError("export_ready expects sites in threshold or batch mode, not fixed")
+        if bool((site.beta == 0).all()) and bool((site.keep == 1).all()):
+            set_submodule(ready, name, nn.ReLU() if site.upper is None else nn.ReLU6())
+    if isinstance(ready, fx.GraphModule):
+        ready.recompile()
+    routing = call_routing(ready)
+    if routing is not None:  # a converted model without fx: the new ReLU modules pause its routing too
+        routing.pause_activations()
+    return ready

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Iterator, Literal
 
 import torch
-import torch.fx as fx
 from torch import Tensor, nn
 
 Granularity = Literal["element", "channel"]
@@ -417,34 +416,3 @@ def kept_unit_fractions(model: nn.Module) -> dict[str, float]:
 def kept_channel_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
     """Per site, (channels kept, channels in all)."""
     return {name: (int(site.keep.sum()), site.channels) for name, site in support_sites(model)}
-
-
-def export_ready(model: nn.Module) -> nn.Module:
-    """A copy for export where sites that are exactly ReLU (β = 0, nothing pruned) become ``nn.ReLU``
-    (``nn.ReLU6`` for clamped sites), so runtimes can fuse them into the preceding convolution."""
-    import copy
-
-    from supportprune.method.convert import call_routing, set_submodule
-
-    ready = copy.deepcopy(model).eval()
-    for name, site in list(support_sites(ready)):
-        if site.mode == "fixed":
-            raise ValueError("export_ready expects sites in threshold or batch mode, not fixed")
-        if bool((site.beta == 0).all()) and bool((site.keep == 1).all()):
-            set_submodule(ready, name, nn.ReLU() if site.upper is None else nn.ReLU6())
-    if isinstance(ready, fx.GraphModule):
-        ready.recompile()
-    routing = call_routing(ready)
-    if routing is not None:  # a converted model without fx: the new ReLU modules pause its routing too
-        routing.pause_activations()
-    return ready
-
-
-def __getattr__(name: str):
-    """``convert_relus`` and ``TraceError`` live in convert.py (which imports this module); importing
-    them from here keeps working."""
-    if name in ("convert_relus", "TraceError"):
-        from supportprune.method import convert
-
-        return getattr(convert, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

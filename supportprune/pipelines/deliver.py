@@ -19,7 +19,7 @@ from supportprune.inputs.models import ModelSpec, build_model
 from supportprune.inputs.recipe import Recipe
 from supportprune.method import dsd
 from supportprune.method.pruning import count_macs_params
-from supportprune.method.support import convert_relus, export_ready
+from supportprune.method.convert import convert_relus, export_ready
 from supportprune.store.atomic import atomic_write_text
 from supportprune.store.checkpoint import read_checkpoint
 from supportprune.store.layout import RunLayout

@@ -15,7 +15,8 @@ from supportprune.inputs.models import build_model
 from supportprune.inputs.recipe import PhaseConfig
 from supportprune.method import dsd
 from supportprune.method.distill import DistillationLoss
-from supportprune.method.support import convert_relus, kept_channel_counts, support_sites
+from supportprune.method.convert import convert_relus
+from supportprune.method.support import kept_channel_counts, support_sites
 from supportprune.store.checkpoint import read_checkpoint
 from supportprune.run.context import RunContext
 from supportprune.run.run_state import save_model_state

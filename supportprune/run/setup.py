@@ -19,7 +19,8 @@ from supportprune.inputs.models import ModelSpec, build_model, check_forward
 from supportprune import __version__
 from supportprune.inputs.recipe import Recipe, same_recipe
 from supportprune.method.pruning import count_macs_params
-from supportprune.method.support import convert_relus, kept_channel_counts, set_site_mode
+from supportprune.method.convert import convert_relus
+from supportprune.method.support import kept_channel_counts, set_site_mode
 from supportprune.store.atomic import atomic_write_text
 from supportprune.run.context import RunContext
 from supportprune.run.distributed import cluster_device, init_cluster, shutdown_cluster
