@@ -4,6 +4,7 @@ weights; anything else is made again, the other run moved aside whole."""
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -14,6 +15,7 @@ import supportprune.store.layout
 from supportprune.pipelines import experiment
 from supportprune.cli import app
 from supportprune.inputs.recipe import recipe_from_dict
+from supportprune.pipelines.results import CompressMetrics
 from tests.cli_helpers import write_recipe
 
 runner = CliRunner()
@@ -65,8 +67,10 @@ def _fake_run(calls):
 
     def run(model, recipe, out_dir, **options):
         calls.append((model, options.get("max_steps_per_epoch"), recipe.weights))
-        supportprune.store.layout.RunLayout(out_dir).result.write_text(json.dumps({"model": model, "seconds": 0.0}))
-        return {}
+        metrics = CompressMetrics(None, [], 1, 1, {"name": model}, [], 0.0)  # compress returns its metrics
+        result = {"model": model, **metrics.to_dict()}
+        supportprune.store.layout.RunLayout(out_dir).result.write_text(json.dumps(result))
+        return SimpleNamespace(metrics=metrics)
 
     return run
 

@@ -8,13 +8,13 @@ the pruning, writes every file, exports and benchmarks.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from supportprune.inputs.recipe import Recipe, with_resolved_preprocessing
 from supportprune.pipelines.deliver import ModelSummary, deliver_run
-from supportprune.run.context import RunContext
+from supportprune.pipelines.results import CompressMetrics, write_result
 from supportprune.run.phases import DensePhase, RedensePhase
 from supportprune.run.setup import opened_run
 from supportprune.run.sparse_phase import SparsePhase
@@ -24,7 +24,8 @@ from supportprune.store.reporter import Reporter
 @dataclass(frozen=True)
 class CompressResult:
     out_dir: Path
-    models: tuple[ModelSummary, ...]
+    metrics: CompressMetrics  # what the training measured (experiment and the criteria comparison use it)
+    models: tuple[ModelSummary, ...]  # delivered: the exported models (rank 0), else empty
     bench: tuple[Any, ...]
     seconds: float
 
@@ -41,26 +42,19 @@ def compress(
     deliver: bool = True,
 ) -> CompressResult:
     """Run Dense → Sparse (B-alternation, support pruning) → re-Dense, then export and benchmark the three
-    models. ``deliver=False`` stops after training (no export, benchmark or report: ``experiment`` reads the
-    metrics itself)."""
+    models. ``deliver=False`` stops after training (no export, benchmark or report: ``experiment`` takes the
+    metrics, also written to result.json for its reuse)."""
     recipe = with_resolved_preprocessing(recipe)  # recipe.yaml and the report say exactly how images were prepared
     with opened_run(model_name, recipe, out_dir, device=device, restart=restart, reporter=reporter,
                     max_steps=max_steps_per_epoch) as run:
         context = run.context
         sparse = SparsePhase(context)  # re-Dense revives what Sparse pruned (redense.revive: restore)
         run.run_phases([DensePhase(context), sparse, RedensePhase(context, sparse)])
+        metrics = CompressMetrics.of(context)
         if not deliver:
-            return _undelivered(context)
+            if context.cluster.is_main:
+                write_result(context.layout, metrics)
+            return CompressResult(context.layout.root, metrics, (), (), metrics.seconds)
         summaries, bench = deliver_run(context) if context.cluster.is_main else ([], [])
-        return CompressResult(context.layout.root, tuple(summaries), tuple(bench), time.perf_counter() - context.started)
-
-
-def _undelivered(context: RunContext) -> CompressResult:
-    """Training only (``experiment``): the numbers it reads go to result.json."""
-    state = context.state
-    if context.cluster.is_main:
-        context.write_result({"baseline_top1": state.baseline_top1, "alternations": state.alternations,
-                              "baseline_macs": context.baseline_macs, "baseline_params": context.baseline_params,
-                              "spec": asdict(context.spec), "metrics": state.metrics,
-                              "seconds": time.perf_counter() - context.started})
-    return CompressResult(context.layout.root, (), (), time.perf_counter() - context.started)
+        return CompressResult(context.layout.root, metrics, tuple(summaries), tuple(bench),
+                              time.perf_counter() - context.started)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 from supportprune.errors import SupportpruneError
 from supportprune.pipelines.experiment import _png, _pyplot, _versions, mean_std, reuse_or_set_aside, run_key
 from supportprune.inputs.recipe import CHANNEL_CRITERIA, Recipe, with_overrides
+from supportprune.pipelines.results import CompressMetrics, read_compress_metrics
 from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
 from supportprune.store.atomic import atomic_write_bytes, atomic_write_text
 
@@ -120,24 +121,30 @@ def _check_plan(plan: ComparisonPlan) -> None:
     for allocation in plan.allocations:
         if allocation not in ("global", "latency"):
             raise SupportpruneError(f"--allocations: global or latency, got {allocation!r}")
-    for variant in plan.variants:  # a bad key fails now, not hours into the comparison
-        with_overrides(plan.recipe, {"sparse.target_macs": plan.targets[0], **variant.overrides}, f"--variant {variant.name}")
+
+
+def run_recipes(plan: ComparisonPlan) -> dict[str, Recipe]:
+    """Every run's recipe by run name, each validated once and all before the first run starts: a bad key in a
+    ``--variant`` fails now, not hours into the comparison."""
+    recipes = {}
+    for allocation in plan.allocations:
+        for target in plan.targets:
+            for seed in plan.seeds:
+                for method in plan.methods:
+                    name = run_name(allocation, target, method, seed)
+                    variant = next((v for v in plan.variants if v.method == method), None)
+                    origin = f"--variant {variant.name} (run {name})" if variant else f"experiment run {name}"
+                    overrides = {"dense.epochs": 0, "seed": seed, **_method_overrides(plan, method, target, allocation)}
+                    recipes[name] = with_overrides(plan.recipe, overrides, origin)
+    return recipes
 
 
 def run_comparison(plan: ComparisonPlan, message: Callable[[str], None] = print, reporter=None) -> Path:
     """Run (or resume) every run of the plan, time the sparse models, write report.md and results.json."""
     _check_plan(plan)
     started = time.perf_counter()
-    base = with_overrides(plan.recipe, {"dense.epochs": 0}, "experiment")
-    runs: dict[str, dict[str, Any]] = {}
-    for allocation in plan.allocations:
-        for target in plan.targets:
-            for seed in plan.seeds:
-                for method in plan.methods:
-                    name = run_name(allocation, target, method, seed)
-                    overrides = _method_overrides(plan, method, target, allocation)
-                    recipe = with_overrides(base, {"seed": seed, **overrides}, f"experiment run {name}")
-                    runs[name] = _compress_and_time(plan, recipe, name, message, reporter)
+    runs = {name: _compress_and_time(plan, recipe, name, message, reporter)
+            for name, recipe in run_recipes(plan).items()}
     return write_comparison_report(plan, runs, time.perf_counter() - started)
 
 
@@ -158,12 +165,13 @@ def _compress_and_time(plan: ComparisonPlan, recipe: Recipe, name: str, message,
     from supportprune.store.layout import RunLayout
 
     layout = RunLayout((plan.runs_dir or plan.out_dir / "runs") / name)
-    if not reuse_or_set_aside(layout.root, run_key(plan.model, recipe, plan.max_steps), message):
+    if reuse_or_set_aside(layout.root, run_key(plan.model, recipe, plan.max_steps), message):
+        result = read_compress_metrics(layout)
+    else:
         message(f"experiment: {name}")
-        compress(plan.model, recipe, layout.root, device=plan.device, reporter=reporter,
-                 max_steps_per_epoch=plan.max_steps, deliver=False)
-    result = json.loads(layout.result.read_text())
-    plan.run_seconds[name] = result.get("seconds", 0.0)
+        result = compress(plan.model, recipe, layout.root, device=plan.device, reporter=reporter,
+                          max_steps_per_epoch=plan.max_steps, deliver=False).metrics
+    plan.run_seconds[name] = result.seconds
     latency_path = layout.root / LATENCY_FILE
     if not latency_path.exists():
         atomic_write_text(latency_path, json.dumps(time_sparse_model(layout, plan), indent=1))
@@ -198,23 +206,23 @@ def time_sparse_model(layout, plan: ComparisonPlan) -> dict[str, Any]:
             "sparse_ms": {str(b): times[("sparse", b)] for b in plan.bench_batch_sizes}}
 
 
-def summarise_run(result: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
+def summarise_run(result: CompressMetrics, latency: dict[str, Any]) -> dict[str, Any]:
     """What the report needs from one run: top-1 after Sparse and after re-Dense, MACs and time kept."""
     def last_top1(phase: str) -> Optional[float]:
-        records = [m for m in result["metrics"] if m["phase"] == phase]
-        return records[-1]["val_top1"] if records else None
+        record = result.last_record(phase)
+        return record["val_top1"] if record is not None else None
 
-    point = result["alternations"][-1]
+    point = result.alternations[-1]
     return {
-        "baseline_top1": result["baseline_top1"],
+        "baseline_top1": result.baseline_top1,
         "sparse_top1": last_top1("sparse"),
         "redense_top1": last_top1("redense"),
-        "macs_kept": point["macs"] / result["baseline_macs"],
-        "params_kept": point["params"] / result["baseline_params"],
+        "macs_kept": result.kept_macs,
+        "params_kept": point["params"] / result.baseline_params,
         "predicted_speedup": point.get("predicted_speedup"),
         "speedup": {b: latency["baseline_ms"][b] / latency["sparse_ms"][b] for b in latency["baseline_ms"]},
         "latency": latency,
-        "seconds": result.get("seconds"),
+        "seconds": result.seconds,
     }
 
 

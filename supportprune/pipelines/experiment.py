@@ -25,7 +25,7 @@ import shlex
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -33,6 +33,7 @@ from supportprune.store.atomic import atomic_write_bytes, atomic_write_text
 from supportprune.errors import SupportpruneError
 from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
 from supportprune.inputs.recipe import Recipe, with_overrides
+from supportprune.pipelines.results import CompressMetrics, read_compress_metrics, read_result
 
 ALTERNATIONS = ("none", "instance", "batch")
 TABLE8_RUNS = (("magnitude", "DSD (magnitude)"), ("support-instance", "DSD (I-alternation)"), ("support-batch", "DSD (B-alternation)"))
@@ -63,35 +64,36 @@ def run_experiment(plan: ExperimentPlan, message: Callable[[str], None] = print,
     started = time.perf_counter()
     results: dict[str, Any] = {"train": {}, "dsd": {}, "macs": {}}
     for seed in plan.seeds:
-        seed_recipe = with_overrides(plan.recipe, {"seed": seed}, "experiment")
         for alternation in ALTERNATIONS:
-            results["train"][f"{alternation}/{seed}"] = _train_run(plan, seed_recipe, alternation, seed, message, reporter)
+            results["train"][f"{alternation}/{seed}"] = _train_run(plan, plan.recipe, alternation, seed, message, reporter)
+        # Every DSD run starts from the plain-SGD model, its Dense step done.
         dense_weights = _run_dir(plan, f"train-none-seed{seed}") / "models" / "trained.pt"
-        derived = with_overrides(seed_recipe, {"weights": str(dense_weights), "dense.epochs": 0}, "experiment")
+        derived = {"seed": seed, "weights": str(dense_weights), "dense.epochs": 0}
         # Table 8: the full DSD, support first (its parameter count sets the magnitude baseline's sparsity).
         table8_target = _table8_target(plan)
-        support_batch = _compress_run(plan, derived, f"dsd-support-batch-seed{seed}", message, reporter,
-                                      {"sparse.criterion": "support", "sparse.alternation": "batch", "sparse.target_macs": table8_target})
-        support_instance = _compress_run(plan, derived, f"dsd-support-instance-seed{seed}", message, reporter,
-                                         {"sparse.criterion": "support", "sparse.alternation": "instance", "sparse.target_macs": table8_target})
+        by_support = {**derived, "sparse.criterion": "support", "sparse.target_macs": table8_target}
+        support_batch = _compress_run(plan, plan.recipe, f"dsd-support-batch-seed{seed}", message, reporter,
+                                      {**by_support, "sparse.alternation": "batch"})
+        support_instance = _compress_run(plan, plan.recipe, f"dsd-support-instance-seed{seed}", message, reporter,
+                                         {**by_support, "sparse.alternation": "instance"})
         sparsity = _matching_sparsity(plan, support_batch)
-        magnitude = _compress_run(plan, derived, f"dsd-magnitude-seed{seed}", message, reporter,
-                                  {"sparse.criterion": "magnitude", "sparse.magnitude_sparsity": sparsity})
+        magnitude = _compress_run(plan, plan.recipe, f"dsd-magnitude-seed{seed}", message, reporter,
+                                  {**derived, "sparse.criterion": "magnitude", "sparse.magnitude_sparsity": sparsity})
         results["dsd"][str(seed)] = {"support-batch": support_batch, "support-instance": support_instance,
                                      "magnitude": magnitude, "magnitude_sparsity": sparsity}
         # Accuracy against MACs: the Sparse step alone, support then the channel baselines at its MACs.
-        sparse_only = {"redense.epochs": 0}
+        sparse_only = {**derived, "redense.epochs": 0}
         for target in plan.targets:
             if target == table8_target:  # its Sparse step is this one: read, not repeated
                 support = support_batch
             else:
-                support = _compress_run(plan, derived, f"macs{target:g}-support-seed{seed}", message, reporter,
+                support = _compress_run(plan, plan.recipe, f"macs{target:g}-support-seed{seed}", message, reporter,
                                         {**sparse_only, "sparse.target_macs": target})
-            kept = _kept_macs(support)
+            kept = support.kept_macs
             entry = {"support": support}
             for criterion in CHANNEL_BASELINES:
                 entry[criterion] = _compress_run(
-                    plan, derived, f"macs{target:g}-{criterion}-seed{seed}", message, reporter,
+                    plan, plan.recipe, f"macs{target:g}-{criterion}-seed{seed}", message, reporter,
                     {**sparse_only, "sparse.criterion": criterion, "sparse.target_macs": kept},
                 )
             results["macs"][f"{target:g}/{seed}"] = entry
@@ -114,26 +116,29 @@ def _train_run(plan, recipe, alternation, seed, message, reporter) -> dict[str, 
 
     name = f"train-{alternation}-seed{seed}"
     layout = RunLayout(_run_dir(plan, name))
-    resolved = with_overrides(recipe, {"train.alternation": alternation}, "experiment")
+    resolved = with_overrides(recipe, {"seed": seed, "train.alternation": alternation}, f"experiment run {name}")
     if not reuse_or_set_aside(layout.root, run_key(plan.model, resolved, plan.max_steps), message):
         message(f"experiment: {name}")
         train(plan.model, resolved, layout.root, device=plan.device, reporter=reporter, max_steps_per_epoch=plan.max_steps)
-    return _read_result(layout, name, plan)
+    result = read_result(layout)
+    plan.run_seconds[name] = result.get("seconds", 0.0)
+    return result
 
 
-def _compress_run(plan, recipe, name, message, reporter, overrides) -> dict[str, Any]:
+def _compress_run(plan, recipe, name, message, reporter, overrides) -> CompressMetrics:
     from supportprune.pipelines.compress import compress
     from supportprune.store.layout import RunLayout
 
     layout = RunLayout(_run_dir(plan, name))
-    resolved = with_overrides(recipe, overrides, "experiment")
-    if not reuse_or_set_aside(layout.root, run_key(plan.model, resolved, plan.max_steps), message):
+    resolved = with_overrides(recipe, overrides, f"experiment run {name}")  # the run's recipe, validated once
+    if reuse_or_set_aside(layout.root, run_key(plan.model, resolved, plan.max_steps), message):
+        metrics = read_compress_metrics(layout)
+    else:
         message(f"experiment: {name}")
-        compress(plan.model, resolved, layout.root, device=plan.device, reporter=reporter,
-                 max_steps_per_epoch=plan.max_steps, deliver=False)
-    result = _read_result(layout, name, plan)
-    result["criterion"] = resolved.sparse.criterion
-    return result
+        metrics = compress(plan.model, resolved, layout.root, device=plan.device, reporter=reporter,
+                           max_steps_per_epoch=plan.max_steps, deliver=False).metrics
+    plan.run_seconds[name] = metrics.seconds
+    return replace(metrics, criterion=resolved.sparse.criterion)  # runs made before result.json recorded it
 
 
 def run_key(model: str, recipe: Recipe, max_steps: Optional[int]) -> dict[str, Any]:
@@ -180,29 +185,14 @@ def reuse_or_set_aside(root: Path, key: dict[str, Any], message: Callable[[str],
     return False
 
 
-def _read_result(layout, name: str, plan: ExperimentPlan) -> dict[str, Any]:
-    result = json.loads(layout.result.read_text())
-    plan.run_seconds[name] = result.get("seconds", 0.0)
-    return result
-
-
-def _sparse_record(result: dict[str, Any]) -> dict[str, Any]:
-    return [m for m in result["metrics"] if m["phase"] == "sparse"][-1]
-
-
-def _kept_macs(result: dict[str, Any]) -> float:
-    """The MACs the Sparse step kept, as a fraction of the Dense model's."""
-    return result["alternations"][-1]["macs"] / result["baseline_macs"]
-
-
-def _matching_sparsity(plan: ExperimentPlan, support: dict[str, Any]) -> float:
+def _matching_sparsity(plan: ExperimentPlan, support: CompressMetrics) -> float:
     """The per-layer magnitude sparsity that removes as many weights as the support's channel pruning
     removed parameters (the comparison at equal parameters; the MACs of an unstructured model do not drop)."""
     from supportprune.method.criteria import sparsity_matching_parameters
     from supportprune.inputs.models import ModelSpec, build_model
 
-    spec = ModelSpec(**support["spec"])
-    removed = support["baseline_params"] - support["alternations"][-1]["params"]
+    spec = ModelSpec(**support.spec)
+    removed = support.baseline_params - support.alternations[-1]["params"]
     model = build_model(spec, None)
     return round(sparsity_matching_parameters(model, removed), 4)
 
@@ -317,13 +307,13 @@ def write_experiment_report(plan: ExperimentPlan, results: dict[str, Any], secon
     dsd = results["dsd"]
     first = dsd[str(seeds[0])]["support-batch"]
     table8 = ["| | top-1 error (%) | sparse model top-1 error (%) | sparse MACs (× dense) | sparse parameters |", "|---|---:|---:|---:|---:|"]
-    table8.append(f"| baseline (plain SGD, the Dense step) | {_fmt([100 - dsd[str(s)]['support-batch']['baseline_top1'] for s in seeds], seeds=seeds)} | | 1.000 | {first['baseline_params']:,} |")
+    table8.append(f"| baseline (plain SGD, the Dense step) | {_fmt([100 - dsd[str(s)]['support-batch'].baseline_top1 for s in seeds], seeds=seeds)} | | 1.000 | {first.baseline_params:,} |")
     for key, label in TABLE8_RUNS:
         runs = [dsd[str(s)][key] for s in seeds]
         table8.append(
-            f"| {label} | {_fmt([100 - r['metrics'][-1]['val_top1'] for r in runs], seeds=seeds)} | "
-            f"{_fmt([100 - _sparse_record(r)['val_top1'] for r in runs], seeds=seeds)} | "
-            f"{_fmt([_kept_macs(r) for r in runs], 3, seeds)} | {_fmt_count([r['alternations'][-1]['params'] for r in runs])} |"
+            f"| {label} | {_fmt([100 - r.metrics[-1]['val_top1'] for r in runs], seeds=seeds)} | "
+            f"{_fmt([100 - r.last_record('sparse')['val_top1'] for r in runs], seeds=seeds)} | "
+            f"{_fmt([r.kept_macs for r in runs], 3, seeds)} | {_fmt_count([r.alternations[-1]['params'] for r in runs])} |"
         )
     sparsities = [dsd[str(s)]["magnitude_sparsity"] for s in seeds]
 
@@ -333,8 +323,8 @@ def write_experiment_report(plan: ExperimentPlan, results: dict[str, Any], secon
     for target in plan.targets:
         for criterion in ("support",) + CHANNEL_BASELINES:
             runs = [results["macs"][f"{target:g}/{s}"][criterion] for s in seeds]
-            kept = [_kept_macs(r) for r in runs]
-            errors = [100 - _sparse_record(r)["val_top1"] for r in runs]
+            kept = [r.kept_macs for r in runs]
+            errors = [100 - r.last_record("sparse")["val_top1"] for r in runs]
             macs_rows.append(f"| {target:g} | {criterion} | {_fmt(kept, 3, seeds)} | {_fmt(errors, seeds=seeds)} |")
             macs_points.setdefault(criterion, []).append((mean_std(kept)[0], *mean_std(errors)))
 
@@ -445,8 +435,8 @@ def _claims(train_runs, conv, dsd, macs, plan: ExperimentPlan) -> str:
     inst = mean_std([train_runs[f"instance/{s}"]["val_error"] for s in seeds])
     lines.append(f"- Table 2 (MaskT is worse than the usual test, 'but not unacceptable'): MaskT gave {maskt[0]:.2f}% against "
                  f"{inst[0]:.2f}% for I-alternation.")
-    final = {key: mean_std([100 - dsd[str(s)][key]["metrics"][-1]["val_top1"] for s in seeds]) for key, _ in TABLE8_RUNS}
-    baseline = mean_std([100 - dsd[str(s)]["support-batch"]["baseline_top1"] for s in seeds])
+    final = {key: mean_std([100 - dsd[str(s)][key].metrics[-1]["val_top1"] for s in seeds]) for key, _ in TABLE8_RUNS}
+    baseline = mean_std([100 - dsd[str(s)]["support-batch"].baseline_top1 for s in seeds])
     best = min(final, key=lambda k: final[k][0])
     order = " < ".join(f"{dict(TABLE8_RUNS)[k]} {final[k][0]:.2f}%" for k in sorted(final, key=lambda k: final[k][0]))
     lines.append(
@@ -456,9 +446,9 @@ def _claims(train_runs, conv, dsd, macs, plan: ExperimentPlan) -> str:
     )
     lower = equal = higher = 0
     for target in plan.targets:
-        support = mean_std([100 - _sparse_record(macs[f"{target:g}/{s}"]["support"])["val_top1"] for s in seeds])[0]
+        support = mean_std([100 - macs[f"{target:g}/{s}"]["support"].last_record("sparse")["val_top1"] for s in seeds])[0]
         for criterion in CHANNEL_BASELINES:
-            other = mean_std([100 - _sparse_record(macs[f"{target:g}/{s}"][criterion])["val_top1"] for s in seeds])[0]
+            other = mean_std([100 - macs[f"{target:g}/{s}"][criterion].last_record("sparse")["val_top1"] for s in seeds])[0]
             # Means of top-1 over 1,000 validation images: compare at their resolution, not in float noise.
             support, other = round(support, 6), round(other, 6)
             lower += support < other
@@ -477,8 +467,9 @@ def _compact(results: dict[str, Any], conv: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "train": {k: strip(v) for k, v in results["train"].items()},
-        "dsd": {seed: {k: (strip(v) if isinstance(v, dict) else v) for k, v in runs.items()} for seed, runs in results["dsd"].items()},
-        "macs": {k: {c: strip(r) for c, r in entry.items()} for k, entry in results["macs"].items()},
+        "dsd": {seed: {k: (v.to_dict() if isinstance(v, CompressMetrics) else v) for k, v in runs.items()}
+                for seed, runs in results["dsd"].items()},
+        "macs": {k: {c: r.to_dict() for c, r in entry.items()} for k, entry in results["macs"].items()},
         "convergence": conv,
     }
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from supportprune.inputs.recipe import Recipe, with_resolved_preprocessing
+from supportprune.pipelines.results import write_result
 from supportprune.reports.run_report import write_train_report
 from supportprune.run.setup import opened_run
 from supportprune.run.train_phase import TrainPhase
@@ -36,7 +37,7 @@ def train(
         run.run_phases([phase])
         result = phase.closing_evaluation()  # also when a finished run is run again
         if context.cluster.is_main:
-            context.write_result(result)
+            write_result(context.layout, result)
             write_train_report(context.layout, context.model_name, context.recipe, context.data.description,
                                context.state, result)
             context.reporter.message(

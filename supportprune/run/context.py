@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from supportprune.store.atomic import atomic_write_text
 from supportprune.inputs.data import ExampleIndices
 from supportprune.inputs.models import ModelSpec
 from supportprune.inputs.recipe import Recipe
@@ -49,6 +47,3 @@ class RunContext:
     def steps_per_epoch(self) -> int:
         steps = self.train_loader.batch_sampler.steps_per_epoch()
         return steps if self.max_steps is None else min(steps, self.max_steps)
-
-    def write_result(self, result: dict[str, Any]) -> None:
-        atomic_write_text(self.layout.result, json.dumps(result, indent=1))
