@@ -128,6 +128,25 @@ def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
         raise SupportpruneError(f"{option} {text!r}: expected comma-separated numbers like 0.485,0.456,0.406") from None
 
 
+# The recipe key each command-line option sets, by the option's parameter name, for every command; ``{phase}``
+# is the section the command trains (compress: sparse, train and experiment: train). Options left at None set nothing.
+OPTION_KEYS = {
+    "data": "data.source", "weights": "weights", "seed": "seed", "input_size": "data.input_size",
+    "channels": "data.channels", "mean": "data.mean", "std": "data.std", "batch_size": "data.batch_size",
+    "epochs": "{phase}.epochs", "granularity": "{phase}.granularity", "relative_threshold": "{phase}.relative_threshold",
+    "target_macs": "sparse.target_macs", "round_to": "sparse.round_to", "concat_round_to": "sparse.concat_round_to",
+    "criterion": "sparse.criterion", "sparse_alternation": "sparse.alternation", "allocation": "sparse.allocation",
+    "target_latency": "sparse.target_latency", "latency_table": "sparse.latency_table", "int8": "export.int8",
+    "alternation": "train.alternation", "warmup_epochs": "train.warmup_epochs", "gap_epochs": "train.gap_epochs",
+    "mask_storage": "train.mask_storage", "mask_memory_mb": "train.mask_memory_mb",
+}
+
+
+def _recipe_overrides(options: dict, phase: str) -> dict:
+    """The recipe keys a command's options set (``options``: its parameters, as ``locals()`` holds them)."""
+    return {OPTION_KEYS[name].format(phase=phase): value for name, value in options.items() if name in OPTION_KEYS}
+
+
 def _recipe_with_options(recipe: Optional[str], model: str, data: Optional[str], overrides: dict,
                          model_args: Optional[List[str]] = None, trained: bool = False):
     """(the recipe file ``resolve_recipe`` picks, that recipe with the command line's options on top);
@@ -209,15 +228,8 @@ def compress(
     """Dense → Sparse (B-alternation; channels with zero support pruned) → re-Dense; export and benchmark baseline, sparse and dense ONNX models."""
     from supportprune.pipelines.compress import compress as run_compress
 
-    overrides = {
-        "data.source": data, "weights": weights, "seed": seed, "data.input_size": input_size,
-        "data.channels": channels, "data.mean": _floats(mean, "--mean"), "data.std": _floats(std, "--std"),
-        "data.batch_size": batch_size, "sparse.granularity": granularity,
-        "sparse.relative_threshold": relative_threshold, "sparse.target_macs": target_macs, "sparse.round_to": round_to,
-        "sparse.concat_round_to": concat_round_to,
-        "sparse.criterion": criterion, "sparse.alternation": sparse_alternation, "sparse.allocation": allocation,
-        "sparse.target_latency": target_latency, "sparse.latency_table": latency_table, "export.int8": int8,
-    }
+    mean, std = _floats(mean, "--mean"), _floats(std, "--std")
+    overrides = _recipe_overrides(locals(), phase="sparse")
     recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides, model_arg, trained=weights is not None)
     out_dir = out or Path("runs") / _run_name(model)
     _ErrorLog.use_run_dir(out_dir)
@@ -253,12 +265,7 @@ def train_command(
     """Train a model by alternating weights and supports (paper section 4.1), or with plain SGD: the same loop, seed and data order for all three."""
     from supportprune.pipelines.train import train
 
-    overrides = {
-        "data.source": data, "weights": weights, "seed": seed, "data.batch_size": batch_size,
-        "train.alternation": alternation, "train.epochs": epochs, "train.warmup_epochs": warmup_epochs,
-        "train.gap_epochs": gap_epochs, "train.granularity": granularity, "train.relative_threshold": relative_threshold,
-        "train.mask_storage": mask_storage, "train.mask_memory_mb": mask_memory_mb,
-    }
+    overrides = _recipe_overrides(locals(), phase="train")
     recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides, model_arg)
     out_dir = out or Path("runs") / f"train-{_run_name(model)}-{resolved.train.alternation}"
     _ErrorLog.use_run_dir(out_dir)
@@ -290,7 +297,7 @@ def experiment(
     from supportprune.pipelines.experiment import ExperimentPlan, command_line, run_experiment
 
     _, resolved = _recipe_with_options(recipe or ("pretrained" if weights else "embedded"), model, data,
-                                       {"data.source": data, "train.epochs": epochs, "weights": weights}, model_arg)
+                                       _recipe_overrides(locals(), phase="train"), model_arg)
     kind = "criteria" if weights else "experiment"
     out = out or Path("results") / f"{kind}-{_run_name(model)}-{resolved.data.source.split(':')[0]}"
     reporter = RichReporter()

@@ -34,7 +34,8 @@ from supportprune.method.pruning import (
     search_relative_threshold,
     site_groups,
 )
-from supportprune.inputs.recipe import CHANNEL_CRITERIA, CRITERIA, SparseConfig
+from supportprune.method.criteria import CHANNEL_CRITERIA, CRITERIA
+from supportprune.inputs.recipe import SparseConfig
 from supportprune.method.convert import convert_relus
 from supportprune.method.support import set_site_mode, support_sites
 from tests.cli_helpers import write_recipe

@@ -19,7 +19,7 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -686,3 +686,18 @@ def _folder_native_channels(train_dir: Path) -> int:
         except OSError:
             continue
     return 3
+
+
+def recipe_loaders(
+    data: Any, seed: int, splits: DataSplits | None = None, *, augment: bool | None = None, rank: int = 0,
+    world_size: int = 1, with_indices: bool = False,
+) -> tuple[DataSplits, DataLoader, DataLoader]:
+    """(splits, train loader, val loader) as a recipe's data section (``Recipe.data``) and seed say: the one place
+    a recipe becomes loaders. ``splits``: already loaded (new loaders only); ``augment``: the section's unless given."""
+    if splits is None:
+        splits = load_data(data.source, input_size=data.input_size, mean=data.mean, std=data.std,
+                           augment=data.augment if augment is None else augment, channels=data.channels,
+                           resize_to=data.resize_to)
+    train_loader, val_loader = make_loaders(splits, batch_size=data.batch_size, workers=data.workers, seed=seed,
+                                            rank=rank, world_size=world_size, with_indices=with_indices)
+    return splits, train_loader, val_loader

@@ -16,15 +16,13 @@ from typing import Any, Literal, Optional
 import yaml
 
 from supportprune.errors import SupportpruneError
+from supportprune.method.alternation import ALTERNATIONS
+from supportprune.method.criteria import CHANNEL_CRITERIA, CRITERIA, SUPPORT_STATISTICS
+from supportprune.method.support import GRANULARITIES, Granularity
 
 RECIPE_VERSION = 1
 SCHEDULES = ("cosine", "step", "constant")
 ALLOCATIONS = ("global", "latency")
-# baselines that prune channels to a MACs target (torch-pruning importances; criteria.REGISTRY builds them)
-CHANNEL_CRITERIA = ("l1", "l2", "random", "taylor", "fpgm", "lamp", "hessian", "bn_scale")
-SUPPORT_STATISTICS = ("max_energy", "frequency", "energy_x_consumer", "energy_lamp")  # criteria.support_statistics
-CRITERIA = ("support", "magnitude") + CHANNEL_CRITERIA
-ALTERNATIONS = ("none", "instance", "batch")
 MASK_STORAGES = ("auto", "memory", "disk")
 TARGET_SCHEDULES = ("final", "linear", "cubic")  # MACs target at each alternation point (sparse.target_schedule)
 BETAS = ("zero", "estimated")  # η*'s threshold β in the Sparse step (sparse.beta)
@@ -106,7 +104,7 @@ class DistillConfig:
 class SparseConfig(PhaseConfig):
     """The Sparse phase: B-alternation training, pruning channels whose support stayed zero."""
 
-    granularity: Literal["element", "channel"] = "channel"
+    granularity: Granularity = "channel"
     # β of Eq. 41 for the training masks, as a multiple of the site's mean unit energy. 0: the masks are η*'s own
     # support; above 0 they mask weak channels in training that the test-time model keeps (MobileNetV2 from a
     # trained start: 37% top-1 at 0.2 against 84% at 0; benchmarks/criteria).
@@ -172,7 +170,7 @@ class SparseConfig(PhaseConfig):
             _positive(self, "latency_batch_size")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion: must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
-        if self.alternation not in ("batch", "instance"):
+        if self.alternation not in ALTERNATIONS or self.alternation == "none":
             raise ValueError(f"alternation: must be batch or instance, got {self.alternation!r}")
         if self.support_statistic not in SUPPORT_STATISTICS:
             raise ValueError(f"support_statistic: must be one of {', '.join(SUPPORT_STATISTICS)}, got {self.support_statistic!r}")
@@ -232,7 +230,7 @@ class TrainConfig(PhaseConfig):
     alternation: str = "none"  # none (plain SGD, ReLU) | instance (I-alternation) | batch (B-alternation)
     warmup_epochs: int = 1  # plain SGD first: supports estimated from untrained weights mean little
     gap_epochs: int = 1  # instance: epochs trained with one set of supports before they are re-estimated
-    granularity: Literal["element", "channel"] = "element"
+    granularity: Granularity = "element"
     relative_threshold: float = 0.1  # β of Eq. 38/41 as a multiple of the mean unit energy at a site
     mask_storage: str = "auto"  # instance masks: memory, disk (memory-mapped file), auto (memory if within budget)
     mask_memory_mb: int = 2048  # memory budget for the instance masks
@@ -319,8 +317,8 @@ def _positive(obj: Any, *names: str) -> None:
 
 def _check_support_options(obj: Any) -> None:
     """The support unit and threshold, shared by the sparse and train sections."""
-    if obj.granularity not in ("element", "channel"):
-        raise ValueError(f"granularity: must be 'element' or 'channel', got {obj.granularity!r}")
+    if obj.granularity not in GRANULARITIES:
+        raise ValueError(f"granularity: must be one of {', '.join(map(repr, GRANULARITIES))}, got {obj.granularity!r}")
     if obj.relative_threshold < 0:
         raise ValueError("relative_threshold: must be >= 0")
 

@@ -22,6 +22,10 @@ from torch import Tensor, nn
 
 from supportprune.method.support import Granularity, SupportSite, _per_channel, support_sites
 
+# How `train` trains its supports: none (plain SGD, ReLU), instance (I-alternation, Eq. 36–38), batch (B-alternation,
+# Eq. 39–41); the Sparse step alternates by instance or batch.
+ALTERNATIONS = ("none", "instance", "batch")
+
 
 def instance_unit_energy(x: Tensor, granularity: Granularity) -> Tensor:
     """x_i² for every example and unit: (N, *x.shape[1:]) for ``element``; (N, C) for ``channel``

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,9 +34,12 @@ from supportprune.method.pruning import (
     search_relative_threshold,
     zero_pruned_connections,
 )
-from supportprune.inputs.recipe import SparseConfig
 from supportprune.method.convert import recorded_site_producers
 from supportprune.method.support import SupportSite, reset_support_stats, set_site_mode, support_sites
+
+# The recipe's sparse section (inputs.recipe.SparseConfig, a frozen dataclass): the method reads its settings and
+# imports nothing of the recipe, so recipes can take their names (criteria, granularities) from the method.
+SparseConfig = Any
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from supportprune.errors import SupportpruneError
-from supportprune.pipelines.experiment import _png, _pyplot, _versions, mean_std, reuse_or_set_aside, run_key
-from supportprune.inputs.recipe import CHANNEL_CRITERIA, Recipe, with_overrides
+from supportprune.pipelines.experiment import _png, _versions, mean_std, reuse_or_set_aside, run_key
+from supportprune.inputs.recipe import Recipe, with_overrides
+from supportprune.method.criteria import CHANNEL_CRITERIA
 from supportprune.pipelines.results import CompressMetrics, read_compress_metrics
-from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
+from supportprune.reports.plotting import plots_unavailable, pyplot, skipped_plots_note
 from supportprune.store.atomic import atomic_write_bytes, atomic_write_text
 
 DEFAULT_CRITERIA = ("support",) + CHANNEL_CRITERIA
@@ -351,7 +352,7 @@ def write_comparison_report(plan: ComparisonPlan, runs: dict[str, dict[str, Any]
 
 
 def _cost_plot(points: dict[str, list[tuple[float, float, float, float]]], batch: int) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     figure, (macs_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for method, values in points.items():
         values = sorted(values)

@@ -14,7 +14,7 @@ from torch import nn
 
 from supportprune.deploy.quantize import onnx_top1_agreement as top1_agreement
 from supportprune.errors import SupportpruneError
-from supportprune.inputs.data import make_loaders
+from supportprune.inputs.data import recipe_loaders
 from supportprune.inputs.models import ModelSpec, build_model
 from supportprune.inputs.recipe import Recipe
 from supportprune.method import dsd
@@ -45,8 +45,8 @@ def deliver_run(context: RunContext) -> tuple[list[ModelSummary], list[Any]]:
     """Rank 0, after training: export and check the three models, benchmark them, write the report."""
     recipe, layout, reporter = context.recipe, context.layout, context.reporter
     # Each rank validated on its shard; the exported models are checked on the whole validation set.
-    full_val = context.val_loader if not context.cluster.distributed else make_loaders(
-        context.data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)[1]
+    full_val = context.val_loader if not context.cluster.distributed else recipe_loaders(
+        recipe.data, recipe.seed, context.data)[2]
     spec, models = load_run_models(layout, context.device)
     summaries = export_models(spec, models, recipe, layout, full_val, context.device, reporter, context.train_loader)
     bench = benchmark_models(recipe, layout, reporter)

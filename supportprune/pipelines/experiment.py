@@ -31,11 +31,11 @@ from typing import Any, Callable, Optional, Sequence
 
 from supportprune.store.atomic import atomic_write_bytes, atomic_write_text
 from supportprune.errors import SupportpruneError
-from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
+from supportprune.reports.plotting import figure_png, plots_unavailable, pyplot, skipped_plots_note
 from supportprune.inputs.recipe import Recipe, with_overrides
+from supportprune.method.alternation import ALTERNATIONS
 from supportprune.pipelines.results import CompressMetrics, read_compress_metrics, read_result
 
-ALTERNATIONS = ("none", "instance", "batch")
 TABLE8_RUNS = (("magnitude", "DSD (magnitude)"), ("support-instance", "DSD (I-alternation)"), ("support-batch", "DSD (B-alternation)"))
 CHANNEL_BASELINES = ("l1", "l2", "random")
 RUN_KEY_FILE = "experiment-key.json"  # in each run directory: what the run was made with (see ``run_key``)
@@ -485,28 +485,14 @@ def _versions() -> str:
             f"torch-pruning {torch_pruning.__version__}, Python {platform.python_version()}, {platform.platform()}")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _png(figure) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
-    import io
-
+    """The figure, laid out, as PNG bytes; the figure is closed."""
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(figure)
-    return buffer.getvalue()
+    return figure_png(figure)
 
 
 def _figure3(train_runs, seeds) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4))
     labels = {"none": "SGD", "instance": "I-alternation", "batch": "B-alternation"}
     for alternation in ALTERNATIONS:
@@ -529,7 +515,7 @@ def _figure3(train_runs, seeds) -> bytes:
 
 
 def _macs_plot(points: dict[str, list[tuple[float, float, float]]]) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for criterion, values in points.items():
         values = sorted(values)

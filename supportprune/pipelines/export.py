@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from supportprune.inputs.data import load_data, make_loaders
+from supportprune.inputs.data import recipe_loaders
 from supportprune.inputs.recipe import recipe_from_dict
 from supportprune.pipelines.deliver import ModelSummary, export_models, load_run_models
 from supportprune.run.training_loop import choose_device
@@ -20,7 +20,6 @@ def export_run(run_dir: Path, *, device: str, reporter: Reporter) -> list[ModelS
     torch_device = choose_device(device)
     spec, models = load_run_models(layout, torch_device)
     recipe = recipe_from_dict(yaml.safe_load(layout.recipe.read_text()), str(layout.recipe))
-    data = load_data(recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean,
-                     std=recipe.data.std, channels=recipe.data.channels, resize_to=recipe.data.resize_to)
-    train_loader, val_loader = make_loaders(data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)
+    # int8 calibration reads training images as evaluation prepares them (no augmentation)
+    _, train_loader, val_loader = recipe_loaders(recipe.data, recipe.seed, augment=False)
     return export_models(spec, models, recipe, layout, val_loader, torch_device, reporter, calibration_loader=train_loader)

@@ -3,6 +3,7 @@ as long as the report says the plots were skipped and why."""
 
 from __future__ import annotations
 
+import io
 import sys
 
 
@@ -20,3 +21,21 @@ def skipped_plots_note(reason: str) -> str:
     note = f"Plots skipped: {reason}; install matplotlib (`pip install matplotlib`) and rerun to draw them."
     print(f"warning: {note}", file=sys.stderr)
     return note
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures go to files, never to a display (imported when drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_png(figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    pyplot().close(figure)
+    return buffer.getvalue()

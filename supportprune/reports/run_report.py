@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any, Sequence
 
 from supportprune.store.atomic import atomic_write_bytes, atomic_write_text
-from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
+from supportprune.reports.plotting import figure_png, plots_unavailable, pyplot, skipped_plots_note
 
 
 def _fmt_int(value: float) -> str:
@@ -146,16 +145,12 @@ def _criterion_text(sparse) -> str:
 
 
 def _save_figure(figure, path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    """Write the figure as PNG to ``path``; the figure is closed."""
+    atomic_write_bytes(path, figure_png(figure))
 
 
 def _training_plot(layout, state) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metrics = state.metrics
     x = list(range(1, len(metrics) + 1))
@@ -178,15 +173,11 @@ def _training_plot(layout, state) -> str:
         axis.legend()
     figure.tight_layout()
     _save_figure(figure, layout.plots / "training.png")
-    plt.close(figure)
     return "training.png"
 
 
 def _channels_plot(layout, state) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sparse_records = [m for m in state.metrics if m["phase"] == "sparse"]
     first = state.channels_total
@@ -202,7 +193,6 @@ def _channels_plot(layout, state) -> str:
     axis.legend()
     figure.tight_layout()
     _save_figure(figure, layout.plots / "channels.png")
-    plt.close(figure)
     return "channels.png"
 
 
@@ -247,10 +237,7 @@ Seed {recipe.seed}; wall time {result['seconds']:.0f} s. Recipe: `recipe.yaml`; 
 
 
 def _curve_plot(layout, state) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = [point[1] for point in state.curve]
     figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4))
@@ -261,5 +248,4 @@ def _curve_plot(layout, state) -> str:
         axis.set_ylabel(label)
     figure.tight_layout()
     _save_figure(figure, layout.plots / "curve.png")
-    plt.close(figure)
     return "curve.png"

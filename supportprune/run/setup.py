@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from supportprune.errors import SupportpruneError
-from supportprune.inputs.data import load_data, make_loaders
+from supportprune.inputs.data import recipe_loaders
 from supportprune.inputs.models import ModelSpec, build_model, check_forward
 from supportprune import __version__
 from supportprune.inputs.recipe import Recipe, same_recipe
@@ -93,16 +93,10 @@ def build_context(model_name: str, recipe: Recipe, layout: RunLayout, cluster, r
     """Data, loaders and the model with its ReLUs as support sites (thresholding: η*, Eq. 9)."""
     seed_everything(recipe.seed)
     device = choose_device(cluster_device(cluster, requested_device))
-    data = load_data(
-        recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean, std=recipe.data.std,
-        augment=recipe.data.augment, channels=recipe.data.channels, resize_to=recipe.data.resize_to,
-    )
+    data, train_loader, val_loader = recipe_loaders(recipe.data, recipe.seed, rank=cluster.rank,
+                                                    world_size=cluster.world_size, with_indices=True)
     processes = f", {cluster.world_size} processes" if cluster.distributed else ""
     reporter.message(f"data: {data.description}; device: {device}{processes}")
-    train_loader, val_loader = make_loaders(
-        data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed,
-        rank=cluster.rank, world_size=cluster.world_size, with_indices=True,
-    )
     spec = ModelSpec(model_name, data.num_classes, data.channels, recipe.data.input_size, dict(recipe.model_args))
     if cluster.is_main:  # what `supportprune export` needs to rebuild the models
         info = {**json.loads(layout.run_info.read_text()), "spec": asdict(spec)}

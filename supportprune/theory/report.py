@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import platform
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from supportprune.store.atomic import atomic_write_bytes, atomic_write_text
-from supportprune.reports.plotting import plots_unavailable, skipped_plots_note
+from supportprune.reports.plotting import figure_png, plots_unavailable, pyplot, skipped_plots_note
 from supportprune.theory import experiments as ex
 from supportprune.theory import verdicts
 
@@ -244,25 +243,11 @@ def _matplotlib_version() -> str:
 
 
 def _figure_bytes(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return figure_png(fig, dpi=90)
 
 
 def _plot_sweep(cells, config) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for width in config.widths:
         row = [c for c in cells if c.width == width]
@@ -284,7 +269,7 @@ def _plot_sweep(cells, config) -> bytes:
 
 
 def _plot_curves(cells) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     held = [c for c in cells if c.rip_reduced.holds_after_rescaling]
     failed = [c for c in cells if not c.rip_reduced.holds_after_rescaling and c.n_examples >= c.parameters and c.width >= 2]
     chosen = ([max(held, key=lambda c: c.n_examples)] if held else []) + ([max(failed, key=lambda c: (c.width, c.n_examples))] if failed else [])
@@ -303,7 +288,7 @@ def _plot_curves(cells) -> bytes:
 
 
 def _plot_tian(results) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     thetas = np.linspace(0, np.pi, 200)
     # ||w|| = 0.8, ||w*|| = 1 (experiments.tian_checks): components of w/2 − F(e, w*) along e and along w*⊥e.

@@ -10,8 +10,8 @@
 - ``bn_scale``: ``BNScaleImportance`` (network slimming, Liu et al. 2017): |γ| of the group's batch norms;
 - ``random``: uniform scores, seeded.
 
-Adding another torch-pruning importance is one entry in ``WEIGHT_IMPORTANCES`` (and its name in
-``recipe.CHANNEL_CRITERIA``). The gradient importances (Taylor, Hessian) are in ``gradients``.
+Adding another torch-pruning importance is one entry in ``WEIGHT_IMPORTANCES`` and one in the registry
+(``criteria.REGISTRY``), whose names the recipe accepts. The gradient importances (Taylor, Hessian) are in ``gradients``.
 """
 
 from __future__ import annotations

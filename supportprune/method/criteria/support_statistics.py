@@ -19,6 +19,8 @@ Sites that observed no batch score zero everywhere (as ``max_energy`` always did
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
@@ -111,13 +113,16 @@ def energy_lamp(model: nn.Module) -> dict[str, Tensor]:
     return scores
 
 
+# name (sparse.support_statistic) → per-site channel scores of the model (and its example input)
+STATISTICS: dict[str, Callable[[nn.Module, Tensor], dict[str, Tensor]]] = {
+    "max_energy": lambda model, example_input: max_energy(model),
+    "frequency": lambda model, example_input: support_frequency(model),
+    "energy_x_consumer": energy_x_consumer,
+    "energy_lamp": lambda model, example_input: energy_lamp(model),
+}
+
+
 def support_statistic(model: nn.Module, example_input: Tensor, statistic: str) -> dict[str, Tensor]:
-    if statistic == "max_energy":
-        return max_energy(model)
-    if statistic == "frequency":
-        return support_frequency(model)
-    if statistic == "energy_x_consumer":
-        return energy_x_consumer(model, example_input)
-    if statistic == "energy_lamp":
-        return energy_lamp(model)
-    raise ValueError(f"support statistic must be max_energy, frequency, energy_x_consumer or energy_lamp, got {statistic!r}")
+    if statistic not in STATISTICS:
+        raise ValueError(f"support statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    return STATISTICS[statistic](model, example_input)
