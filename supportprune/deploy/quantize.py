@@ -5,8 +5,8 @@ ONNX Runtime's post-training static quantization, as its documentation recommend
 quantizer places QuantizeLinear/DequantizeLinear pairs best on an optimised graph with known shapes), then
 ``quantize_static`` in the QDQ format with per-channel weights, activation ranges calibrated (min/max) on
 training images. Activations unsigned, weights signed (U8S8): ORT's documentation names S8S8 the first
-choice for QDQ, but on x86 its integer kernels are built for u8×s8 (VNNI's VPDPBUSD) and S8S8 measured 2×
-slower than fp32 on resnet18 (32×32, AMD EPYC with VNNI), U8S8 1.7× faster. ``reduce_range`` (7-bit weights)
+choice for QDQ, but on x86 its integer kernels are built for u8×s8 (VNNI's VPDPBUSD): S8S8 ran slower than
+fp32, U8S8 faster (benchmarks/results/2026-12-04-recipe-choices.md). ``reduce_range`` (7-bit weights)
 only helps CPUs without VNNI, where U8S8 can saturate, and is off; the agreement check catches such a loss.
 The QDQ model keeps float32 input and output, so it is a drop-in replacement for the fp32 file.
 """

@@ -106,8 +106,7 @@ class SparseConfig(PhaseConfig):
 
     granularity: Granularity = "channel"
     # β of Eq. 41 for the training masks, as a multiple of the site's mean unit energy. 0: the masks are η*'s own
-    # support; above 0 they mask weak channels in training that the test-time model keeps (MobileNetV2 from a
-    # trained start: 37% top-1 at 0.2 against 84% at 0; benchmarks/criteria).
+    # support; above 0 they mask weak channels in training that the test-time model keeps (benchmarks/results/2026-12-04-recipe-choices.md).
     relative_threshold: float = 0.0
     target_macs: Optional[float] = None  # fraction of the baseline MACs to keep; searches the threshold
     round_to: int = 1  # kept channel counts are multiples of this (GPU-friendly shapes)
@@ -137,9 +136,9 @@ class SparseConfig(PhaseConfig):
     # target_macs, linearly or cubically (Zhu & Gupta 2017's gradual pruning; see dsd.scheduled_target).
     target_schedule: str = "final"
     # η*'s β: zero (η* = ReLU), or estimated (the trained bias before each site; dsd.estimate_beta). Criterion
-    # support only: the baselines prune a network with plain η* (ReLU). zero by default: estimated gained 0.4-0.6
-    # top-1 (resnet18, seed 0), but η* with β ≠ 0 exports as Greater+Where, which ONNX Runtime cannot fuse into
-    # the convolution: the exported models ran 0.79× (fp32) and 0.50× (int8) as fast at batch 64.
+    # support only: the baselines prune a network with plain η* (ReLU). zero by default: estimated gains a little
+    # top-1, but η* with β ≠ 0 exports as Greater+Where, which ONNX Runtime cannot fuse into the convolution, and
+    # the exported models ran slower (benchmarks/results/2026-12-04-recipe-choices.md).
     beta: str = "zero"
     distill: Optional[DistillConfig] = DistillConfig()  # teacher: the model at the end of the Dense step; null: none
 
@@ -212,8 +211,8 @@ class RedenseConfig(PhaseConfig):
     """DSD's re-dense step: pruned channels come back and the whole network trains again."""
 
     # restore (default): the weights the channel had when it was pruned; zero: every weight of a revived channel
-    # is zero (DSD; a saddle: they get no gradient, measured: re-Dense = Sparse ± 0.2 points); reinit: producing
-    # weights re-drawn (Kaiming), consuming zero. restore won by 1–3 points (benchmarks/criteria).
+    # is zero (DSD; a saddle: they get no gradient, so re-Dense stays where Sparse left it); reinit: producing
+    # weights re-drawn (Kaiming), consuming zero. restore won (benchmarks/results/2026-12-04-recipe-choices.md).
     revive: str = "restore"
     distill: Optional[DistillConfig] = DistillConfig()  # teacher: the model at the end of the Dense step; null: none
 
