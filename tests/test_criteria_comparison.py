@@ -8,8 +8,14 @@ import torch
 from typer.testing import CliRunner
 
 from supportprune.cli import app
-from supportprune.pipelines.criteria import (ComparisonPlan, Variant, comparison_table, parse_variant, run_name,
-                                              verdicts)
+from supportprune.reports.criteria_report import verdicts
+from supportprune.pipelines.criteria import (
+    ComparisonPlan,
+    Variant,
+    comparison_table,
+    parse_variant,
+    run_name,
+)
 from supportprune.errors import SupportpruneError
 from supportprune.inputs.models import ModelSpec, build_model
 from supportprune.inputs.recipe import recipe_from_dict, with_overrides

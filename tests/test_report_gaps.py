@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from supportprune.pipelines import experiment
+from supportprune.reports import experiment_report as experiment
 from supportprune.reports.run_report import write_train_report
 from supportprune.theory.report import run_theory
 
