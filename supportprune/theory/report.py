@@ -63,16 +63,16 @@ def _pct(pair: tuple[int, int]) -> str:
 
 
 def _markdown(command, seconds, separation, cells, config, tian_results, tian_config) -> str:
+    lines = (_header(command, seconds, config) + _in_short(separation, cells, config, tian_results, tian_config)
+             + _separation_section(separation) + _theorem1_section(cells, config)
+             + _tian_section(tian_results, tian_config) + _reproduce(command))
+    return "\n".join(lines)
+
+
+def _header(command, seconds, config) -> list[str]:
     import torch
 
-    full_holds = _cells_where(cells, lambda c: c.rip_full.holds)
-    reduced_holds = _cells_where(cells, lambda c: c.rip_reduced.holds)
-    rescaled_holds = _cells_where(cells, lambda c: c.rip_reduced.holds_after_rescaling)
-    rescaled_fails = _cells_where(cells, lambda c: not c.rip_reduced.holds_after_rescaling and c.n_examples >= c.parameters)
-    wide = [c for c in cells if c.width >= 2]
-    determined = [c for c in cells if c.n_examples * config.d2 >= c.parameters]
-    best_wide = min(wide, key=lambda c: c.rip_reduced.condition) if wide else None
-    lines = [
+    return [
         "# Theory check: fixed-support linearity, Theorem 1, and Tian's population gradient",
         "",
         "Huang, Kong, Lucey (2017), sections 3.2–3.3 (Eq. 14–35), and Tian (2017, arXiv 1703.00560).",
@@ -81,6 +81,19 @@ def _markdown(command, seconds, separation, cells, config, tian_results, tian_co
         f"Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
         f"matplotlib {_matplotlib_version()}, {platform.platform()}.",
         "",
+    ]
+
+
+def _in_short(separation, cells, config, tian_results, tian_config) -> list[str]:
+    """The verdicts, one line per claim."""
+    full_holds = _cells_where(cells, lambda c: c.rip_full.holds)
+    reduced_holds = _cells_where(cells, lambda c: c.rip_reduced.holds)
+    rescaled_holds = _cells_where(cells, lambda c: c.rip_reduced.holds_after_rescaling)
+    rescaled_fails = _cells_where(cells, lambda c: not c.rip_reduced.holds_after_rescaling and c.n_examples >= c.parameters)
+    wide = [c for c in cells if c.width >= 2]
+    determined = [c for c in cells if c.n_examples * config.d2 >= c.parameters]
+    best_wide = min(wide, key=lambda c: c.rip_reduced.condition) if wide else None
+    lines = [
         "## In short",
         "",
         f"- {verdicts.separation(max(separation.values()))}: with U⁽¹⁾ = xᵀ ⊗ M⁽¹⁾ and U⁽ˡ⁺¹⁾ = vec(U⁽ˡ⁾)ᵀ ⊗ M⁽ˡ⁺¹⁾ "
@@ -131,6 +144,12 @@ def _markdown(command, seconds, separation, cells, config, tian_results, tian_co
         + verdicts.tian_region(int(dyn.converged[dyn.in_region].sum()), int(dyn.in_region.sum()),
                                int(dyn.converged[~dyn.in_region].sum()), int((~dyn.in_region).sum())),
         "",
+    ]
+    return lines
+
+
+def _separation_section(separation) -> list[str]:
+    return [
         "## 1. Separation of weights and supports (Eq. 14–19)",
         "",
         "z⁽ˡ⁾ = M⁽ˡ⁾ W⁽ˡ⁾ z⁽ˡ⁻¹⁾, no biases, M⁽ᴸ⁾ = I, column-major vec. From vec(AXB) = (Bᵀ ⊗ A) vec(X):",
@@ -141,6 +160,12 @@ def _markdown(command, seconds, separation, cells, config, tian_results, tian_co
         "",
         f"Checked: max |U v − F(x; W, M)| = {separation[2]:.1e} (2 layers), {separation[3]:.1e} (3 layers).",
         "",
+    ]
+
+
+def _theorem1_section(cells, config) -> list[str]:
+    full_holds = _cells_where(cells, lambda c: c.rip_full.holds)
+    lines = [
         "## 2. Theorem 1 (Eq. 21–35): two layers, oracle supports from a ReLU teacher",
         "",
         f"Setup: x ~ N(0, I_{config.d0}), teacher W1* (width × {config.d0}) and W2* ({config.d2} × width) with N(0, 1/fan-in) "
@@ -184,6 +209,13 @@ def _markdown(command, seconds, separation, cells, config, tian_results, tian_co
         "",
         "![GD loss curves vs the global optimum](theorem1_loss_curves.png)",
         "",
+    ]
+    return lines
+
+
+def _tian_section(tian_results, tian_config) -> list[str]:
+    dyn = tian_results.dynamics
+    lines = [
         "## 3. Tian (2017): population gradient of a ReLU student under Gaussian inputs",
         "",
         "For x ~ N(0, I_d), a, b unit vectors at angle θ and a⊥ the unit vector of b − (aᵀb) a:",
@@ -219,15 +251,12 @@ def _markdown(command, seconds, separation, cells, config, tian_results, tian_co
         "",
         "![Tian: closed form vs Monte Carlo, and population GD](tian.png)",
         "",
-        "## Reproduce",
-        "",
-        "```bash",
-        command,
-        "python -m pytest -q tests/test_theory.py",
-        "```",
-        "",
     ]
-    return "\n".join(lines)
+    return lines
+
+
+def _reproduce(command) -> list[str]:
+    return ["## Reproduce", "", "```bash", command, "python -m pytest -q tests/test_theory.py", "```", ""]
 
 
 # ---------------------------------------------------------------------------------------------------
