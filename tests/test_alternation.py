@@ -14,7 +14,8 @@ from supportprune.method.alternation import (
     recalibrate_batch_norm,
     support_dims,
 )
-from supportprune.inputs.data import DataSplits, make_loaders, reseed_epoch
+from supportprune.inputs.datasets import DataSplits
+from supportprune.inputs.data import make_loaders, reseed_epoch
 from supportprune.run.stored_supports import InstanceMaskStore, MaskBudgetError, choose_storage, required_bytes
 from supportprune.method.convert import convert_relus
 from supportprune.method.support import fix_supports, release_supports, set_site_mode, support_sites

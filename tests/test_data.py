@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from supportprune.inputs.data import DataSplits, load_data, make_loaders, read_idx
+from supportprune.inputs.datasets import DataSplits
+from supportprune.inputs.in_memory import read_idx
+from supportprune.inputs.data import load_data, make_loaders
 from supportprune.errors import SupportpruneError
 
 GRAY = dict(mean=[0.5], std=[0.25])
@@ -391,7 +393,7 @@ def test_make_loaders_deterministic_with_workers(tmp_path: Path) -> None:
 
 
 def test_lazy_resize_matches_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import supportprune.inputs.data as data
+    import supportprune.inputs.in_memory as data
 
     write_fashion_dir(tmp_path)
     eager = load_data(f"fashion-mnist:{tmp_path}", input_size=40, **GRAY)

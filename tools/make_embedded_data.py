@@ -19,7 +19,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from supportprune.inputs.data import FASHION_MNIST_FILES, read_idx  # noqa: E402
+from supportprune.inputs.in_memory import FASHION_MNIST_FILES, read_idx  # noqa: E402
 
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_OUT = REPO / "supportprune" / "assets"
