@@ -152,7 +152,8 @@ def _recipe_with_options(recipe: Optional[str], model: str, data: Optional[str],
     """(the recipe file ``resolve_recipe`` picks, that recipe with the command line's options on top);
     options left at None are not given; ``--model-arg`` values are added to the recipe's ``model_args``.
     Errors name the file and the option."""
-    from supportprune.inputs.recipe import load_recipe, resolve_recipe, with_overrides
+    from supportprune.inputs.shipped import resolve_recipe
+    from supportprune.inputs.recipe import load_recipe, with_overrides
 
     recipe_path = resolve_recipe(recipe, model, data, trained=trained)
     loaded = load_recipe(recipe_path)
@@ -327,7 +328,8 @@ def recipes(ctx: typer.Context) -> None:
     """List the shipped recipes."""
     if ctx.invoked_subcommand is not None:
         return
-    from supportprune.inputs.recipe import load_recipe, shipped_recipes
+    from supportprune.inputs.shipped import shipped_recipes
+    from supportprune.inputs.recipe import load_recipe
 
     for name, path in shipped_recipes().items():
         typer.echo(f"{name:12s} {load_recipe(path).description}")
@@ -337,7 +339,8 @@ def recipes(ctx: typer.Context) -> None:
 @friendly_errors
 def recipes_show(name: str = typer.Argument(..., help="shipped recipe name or file")) -> None:
     """Print a recipe, validated and with every default filled in."""
-    from supportprune.inputs.recipe import load_recipe, shipped_recipes
+    from supportprune.inputs.shipped import shipped_recipes
+    from supportprune.inputs.recipe import load_recipe
 
     path = shipped_recipes().get(name, Path(name))
     typer.echo(load_recipe(path).to_yaml(), nl=False)

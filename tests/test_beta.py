@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from supportprune.method import dsd
-from supportprune.inputs.recipe import RecipeError, recipe_from_dict
+from supportprune.inputs.typed_yaml import RecipeError
+from supportprune.inputs.recipe import recipe_from_dict
 from supportprune.method.convert import convert_relus
 from supportprune.method.support import support_sites
 from tests.tiny_models import TinyResNet

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from supportprune.store.checkpoint import read_checkpoint
 from supportprune.cli import app
 from tests.cli_helpers import one_line_error, write_recipe
-from supportprune.inputs.recipe import load_recipe, shipped_recipes
+from supportprune.inputs.shipped import shipped_recipes
+from supportprune.inputs.recipe import load_recipe
 
 runner = CliRunner()
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from supportprune.method.distill import DistillationLoss, distillation_loss
-from supportprune.inputs.recipe import DistillConfig, RecipeError, recipe_from_dict
+from supportprune.inputs.typed_yaml import RecipeError
+from supportprune.inputs.recipe import DistillConfig, recipe_from_dict
 from supportprune.run.training_loop import cross_entropy_loss
 
 

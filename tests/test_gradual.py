@@ -5,7 +5,8 @@ import torch
 
 from supportprune.method import dsd
 from supportprune.method.pruning import count_macs_params
-from supportprune.inputs.recipe import RecipeError, SparseConfig, recipe_from_dict
+from supportprune.inputs.typed_yaml import RecipeError
+from supportprune.inputs.recipe import SparseConfig, recipe_from_dict
 from supportprune.method.convert import convert_relus
 from tests.tiny_models import TinyConcatNet
 

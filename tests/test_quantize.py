@@ -136,7 +136,8 @@ def test_export_models_records_int8_agreement_and_warns_below_the_bound(tmp_path
 
 
 def test_recipe_rejects_no_calibration_images():
-    from supportprune.inputs.recipe import RecipeError, recipe_from_dict
+    from supportprune.inputs.typed_yaml import RecipeError
+    from supportprune.inputs.recipe import recipe_from_dict
 
     with pytest.raises(RecipeError, match="export.calibration_images: must be >= 1"):
         recipe_from_dict({"version": 1, "export": {"int8": True, "calibration_images": 0}})

@@ -3,13 +3,15 @@
 import pytest
 import yaml
 
-from supportprune.inputs.recipe import (
-    Recipe,
-    RecipeError,
-    load_recipe,
-    recipe_from_dict,
+from supportprune.inputs.shipped import (
     resolve_recipe,
     shipped_recipes,
+)
+from supportprune.inputs.typed_yaml import RecipeError
+from supportprune.inputs.recipe import (
+    Recipe,
+    load_recipe,
+    recipe_from_dict,
     with_overrides,
 )
 

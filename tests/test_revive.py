@@ -7,7 +7,8 @@ from torch import nn
 
 from supportprune.method import dsd
 from supportprune.method.pruning import apply_keep_masks
-from supportprune.inputs.recipe import RecipeError, recipe_from_dict
+from supportprune.inputs.typed_yaml import RecipeError
+from supportprune.inputs.recipe import recipe_from_dict
 from supportprune.method.convert import convert_relus
 from supportprune.method.support import support_sites
 

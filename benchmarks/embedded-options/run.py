@@ -18,7 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from supportprune.inputs.recipe import Recipe, load_recipe, recipe_from_dict, shipped_recipes
+from supportprune.inputs.shipped import shipped_recipes
+from supportprune.inputs.recipe import Recipe, load_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"export.int8": False, "bench.runs": 3, "bench.warmup": 1}

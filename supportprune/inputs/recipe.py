@@ -1,21 +1,21 @@
 """Recipes: YAML files validated into frozen dataclasses.
 
-Every problem names the file and the key (``recipes/x.yaml: sparse.lr: expected a number, got 'fast'``).
-Cross-field checks live in ``__post_init__``. A run writes its resolved recipe next to its outputs.
+Every problem names the file and the key (``recipes/x.yaml: sparse.lr: expected a number, got 'fast'``; the
+validation itself is ``typed_yaml``'s). Cross-field checks live in ``__post_init__``. A run writes its resolved
+recipe next to its outputs. The shipped recipes, and which one a command takes, are ``shipped``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import yaml
 
 from supportprune.errors import SupportpruneError
+from supportprune.inputs.typed_yaml import RecipeError, build_dataclass, plain_data
 from supportprune.method.alternation import ALTERNATIONS
 from supportprune.method.criteria import CHANNEL_CRITERIA, CRITERIA, SUPPORT_STATISTICS
 from supportprune.method.support import GRANULARITIES, Granularity
@@ -27,10 +27,6 @@ MASK_STORAGES = ("auto", "memory", "disk")
 TARGET_SCHEDULES = ("final", "linear", "cubic")  # MACs target at each alternation point (sparse.target_schedule)
 BETAS = ("zero", "estimated")  # η*'s threshold β in the Sparse step (sparse.beta)
 REVIVALS = ("zero", "restore", "reinit")  # how re-dense brings pruned channels back (redense.revive)
-
-
-class RecipeError(SupportpruneError):
-    """A recipe file or override that does not validate."""
 
 
 @dataclass(frozen=True)
@@ -302,7 +298,7 @@ class Recipe:
             raise ValueError(f"version: this supportprune reads recipe version {RECIPE_VERSION}, got {self.version}")
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -322,27 +318,13 @@ def _check_support_options(obj: Any) -> None:
         raise ValueError("relative_threshold: must be >= 0")
 
 
-def _is_plain_data(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain_data(v) for v in value)
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 # ---------------------------------------------------------------------------------------------------
 # Loading and validation
 
 
 def recipe_from_dict(raw: Any, origin: str = "<recipe>") -> Recipe:
     """Validate a parsed mapping into a ``Recipe``; errors name ``origin`` and the key."""
-    return _build(Recipe, raw, origin, "")
+    return build_dataclass(Recipe, raw, origin, "")
 
 
 def same_recipe(path: str | Path, recipe: Recipe) -> bool:
@@ -395,117 +377,3 @@ def with_overrides(recipe: Recipe, overrides: dict[str, Any], origin: str = "com
             node = node[key]
         node[leaf] = value
     return recipe_from_dict(raw, origin)
-
-
-def _build(cls: type, raw: Any, origin: str, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{origin}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {type(raw).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    for key in raw:
-        if key not in known:
-            raise RecipeError(
-                f"{origin}: {prefix}{key}: unknown key; known keys here: {', '.join(sorted(known))}"
-            )
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in raw.items():
-        values[name] = _coerce(hints[name], value, origin, f"{prefix}{name}")
-    try:
-        return cls(**values)
-    except ValueError as error:
-        message = str(error)
-        key = message.split(":", 1)[0]
-        raise RecipeError(f"{origin}: {prefix}{message}" if key in known else f"{origin}: {prefix.rstrip('.')}: {message}") from None
-
-
-def _coerce(hint: Any, value: Any, origin: str, key: str) -> Any:
-    origin_type = typing.get_origin(hint)
-    args = typing.get_args(hint)
-
-    def fail(expected: str) -> RecipeError:
-        return RecipeError(f"{origin}: {key}: expected {expected}, got {value!r}")
-
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, origin, f"{key}.")
-    if origin_type is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
-            raise fail("a mapping of argument names to values")
-        bad = [k for k, v in value.items() if not _is_plain_data(v)]
-        if bad:
-            raise RecipeError(f"{origin}: {key}.{bad[0]}: expected a YAML scalar or list, got {value[bad[0]]!r}")
-        return dict(value)
-    if origin_type in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, origin, key)
-    if origin_type is Literal:
-        if value not in args:
-            raise fail("one of " + ", ".join(repr(a) for a in args))
-        return value
-    if origin_type is tuple:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise fail("a list")
-        return tuple(_coerce(args[0], item, origin, f"{key}[{i}]") for i, item in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail("an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail("a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise fail("a string")
-        return value
-    raise TypeError(f"unsupported recipe field type {hint} for {key}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Shipped recipes
-
-
-def recipes_dir() -> Path:
-    """Shipped recipes: ``supportprune/recipes`` in an installed wheel, ``recipes/`` in a source checkout."""
-    package = Path(__file__).resolve().parent.parent  # supportprune/, this module being in supportprune/inputs/
-    packaged = package / "recipes"
-    return packaged if packaged.is_dir() else package.parent / "recipes"
-
-
-def shipped_recipes() -> dict[str, Path]:
-    directory = recipes_dir()
-    return {path.stem: path for path in sorted(directory.glob("*.yaml"))} if directory.is_dir() else {}
-
-
-def _scheme(source: str) -> str:
-    return source.split(":", 1)[0]
-
-
-def resolve_recipe(recipe: str | None, model: str, data_source: str | None, trained: bool = False) -> Path:
-    """The recipe file to use: an explicit path or shipped name; otherwise the model's own recipe
-    (``recipes/<model>.yaml``) for data of its kind (``imagenet:``), else ``pretrained`` when the model starts
-    trained (``trained``: weights were given) and ``embedded`` when it trains from scratch on the embedded data."""
-    shipped = shipped_recipes()
-    if recipe is not None:
-        if recipe in shipped:
-            return shipped[recipe]
-        return Path(recipe)
-    embedded_data = data_source in (None, "embedded")
-    if not embedded_data and model in shipped and _scheme(load_recipe(shipped[model]).data.source) == _scheme(data_source):
-        return shipped[model]
-    if trained:
-        return shipped["pretrained"]
-    if embedded_data:
-        return shipped["embedded"]
-    raise RecipeError(
-        f"no shipped recipe for {model!r} on {data_source}; pass --weights FILE for a trained model (recipe "
-        f"'pretrained'), --recipe pretrained if the factory loads its own weights, or --recipe FILE "
-        f"(start from `supportprune recipes show pretrained`)"
-    )
