@@ -199,6 +199,18 @@ def realised_speedups(results: Sequence[BenchResult], baseline: str) -> list[dic
     return rows
 
 
+def slower_warning(rows: Sequence[dict[str, Any]], model: str = "sparse") -> str | None:
+    """None when ``model`` ran at least as fast as the baseline at every precision and batch size benchmarked; else
+    the warning that says where the cut did not turn into speed, before anyone deploys it."""
+    slow = [r for r in rows if r["model"] == model and r["speedup"] < 1.0]
+    if not slow:
+        return None
+    where = ", ".join(f"{r['precision']} batch {r['batch_size']}: {r['speedup']:.2f}×" for r in slow)
+    return (f"the {model} model ran slower than the baseline where it was benchmarked ({where}): its MACs cut did not "
+            "turn into speed there. Before deploying it there, try sparse.round_to 16 or 64, sparse.allocation: measured "
+            "(times whole pruned models on this machine), or deploy the baseline")
+
+
 def realised_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:
     lines = [f"| model | precision | batch | speed-up vs {baseline} | MACs reduction | realised |", "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['precision']} | {r['batch_size']} | {r['speedup']:.2f} | {r['macs_reduction']:.2f} | "

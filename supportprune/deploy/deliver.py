@@ -119,6 +119,7 @@ def benchmark_models(recipe: Recipe, layout: RunLayout, reporter: Reporter) -> l
         realised_markdown,
         realised_speedups,
         results_markdown,
+        slower_warning,
         write_benchmark,
     )
 
@@ -136,4 +137,7 @@ def benchmark_models(recipe: Recipe, layout: RunLayout, reporter: Reporter) -> l
     write_benchmark(results, layout.bench_json, layout.bench_md, realised=realised)
     reporter.message(results_markdown(results))
     reporter.message(realised_markdown([r for r in realised if r["model"] == "sparse"], "baseline"))
+    warning = slower_warning(realised)
+    if warning:
+        reporter.message(f"warning: {warning}")
     return results
