@@ -41,7 +41,9 @@ from supportprune.deploy.graph_report import (  # noqa: E402
     profile_markdown,
 )
 from supportprune.deploy.latency_table import measure_latency_table  # noqa: E402
+from supportprune.deploy.gpu_providers import NOT_ACCELERATED, int8_accelerated, providers_for  # noqa: E402
 from supportprune.deploy.measured_timing import WholeModelTimer  # noqa: E402
+from supportprune.deploy.quantize import quantize_int8  # noqa: E402
 from supportprune.deploy.export import export_onnx  # noqa: E402
 from supportprune.inputs.models import ModelSpec, build_model  # noqa: E402
 from supportprune.method.pruning import count_macs_params  # noqa: E402
@@ -84,7 +86,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the runs are split into")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="auto", help="ONNX Runtime device: auto, cuda, cpu")
-    parser.add_argument("--precisions", default="fp32", help="fp32, fp16 or both (comma-separated)")
+    parser.add_argument("--precisions", default="fp32", help="fp32, fp16, int8 (static QDQ; comma-separated)")
+    parser.add_argument("--tensorrt", default="off", choices=("auto", "on", "off"),
+                        help="ONNX Runtime's TensorRT provider: auto (when installed), on, off")
+    parser.add_argument("--cuda-graph", action="store_true", help="at batch 1 on CUDA, replay captured CUDA graphs")
     parser.add_argument("--latency-precision", default=None, help="precision the latency table is timed in "
                         "(default: fp16 when it is among --precisions, else fp32)")
     parser.add_argument("--cuda-defaults", action="store_true", help="ORT's default CUDA options instead of the tuned ones")
@@ -138,8 +143,11 @@ def main() -> None:
             predicted = None if point is None else point.measured_speedup or point.predicted_speedup
             for precision in precisions:
                 path = Path(tmp) / f"{args.model}-{target}-{round_to}-{allocation}-{precision}.onnx"
-                export_onnx(pruned, path, example_input=example, check_input=check, tolerance=1e-2,
+                fp32_path = path.with_name(path.stem + "-for-int8.onnx") if precision == "int8" else path
+                export_onnx(pruned, fp32_path, example_input=example, check_input=check, tolerance=1e-2,
                             fp16=precision == "fp16")
+                if precision == "int8":  # static QDQ, calibrated on the Gaussian calibration batches
+                    quantize_int8(fp32_path, path, [batch.numpy() for batch in calibration])
                 rows.append((target, round_to, allocation, precision, path.stem, predicted))
                 models.append((path.stem, path))
                 print(f"exported {path.stem}", flush=True)
@@ -148,9 +156,15 @@ def main() -> None:
             keep.mkdir(parents=True, exist_ok=True)
             reports = diagnose(args, rows, dict(models), shapes, session_providers(args.device, {} if args.cuda_defaults else None),
                                max(batch_sizes), keep)
-        results = benchmark_side_by_side(models, batch_sizes=batch_sizes, runs=args.runs, warmup=args.warmup,
-                                         rounds=args.rounds, device=args.device,
-                                         cuda_options={} if args.cuda_defaults else None)
+        skipped = set()
+        if "int8" in precisions and not int8_accelerated(providers_for("int8", args.device, tensorrt=args.tensorrt)):
+            skipped = {stem for *_, precision, stem, _ in rows if precision == "int8"}
+            print(f"int8 models: {NOT_ACCELERATED}, not timed", flush=True)
+        results = benchmark_side_by_side([m for m in models if m[0] not in skipped], batch_sizes=batch_sizes,
+                                         runs=args.runs, warmup=args.warmup, rounds=args.rounds, device=args.device,
+                                         cuda_options={} if args.cuda_defaults else None, tensorrt=args.tensorrt,
+                                         cuda_graph=args.cuda_graph)
+    rows = [row for row in rows if row[4] not in skipped]
     by_model = {}
     for result in results:
         by_model.setdefault(result.model, []).append(result)
@@ -170,6 +184,9 @@ def main() -> None:
         label = "none (dense)" if target >= 1.0 else f"{target:g}"
         lines.append(f"| {precision} | {label} | {round_to} | {allocation if target < 1.0 else ''} | "
                      f"{f'{predicted:.2f}' if predicted else ''} | {measured[0].macs / 1e9:.3f} | {reduction:.2f} | " + " | ".join(cells) + " |")
+    if skipped:
+        lines.append("")
+        lines.append(f"int8: {NOT_ACCELERATED} (ONNX Runtime's CUDA provider runs QDQ models with float kernels); not timed.")
     if "fp16" in precisions and fp32_dense:
         lines.append("")
         lines.append("Dense fp16 over dense fp32: " + ", ".join(

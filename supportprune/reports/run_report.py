@@ -59,6 +59,11 @@ def write_report(layout, model_name, recipe, data_description, summaries, bench,
                  "are in the table below" if reduced else "")
     if reduced:
         realised_table += "\n" + results_markdown(bench) + _int8_text(layout, bench)
+    if recipe.export.int8 and bench and not any(r.precision == "int8" for r in bench):
+        from supportprune.deploy.gpu_providers import NOT_ACCELERATED
+
+        realised_table += (f"\nint8 models: {NOT_ACCELERATED}. ONNX Runtime's CUDA provider runs QDQ models with float "
+                           "kernels, so they were not timed here; time them on the CPU provider or with TensorRT.\n")
     revived = state.revived_channels if state.revived_channels is not None else 0
     latency = recipe.sparse.allocation in ("latency", "measured")
     speedup_key = "measured_speedup" if recipe.sparse.allocation == "measured" else "predicted_speedup"
