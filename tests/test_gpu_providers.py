@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnxruntime
 import pytest
 
@@ -94,3 +96,32 @@ def test_slower_sparse_model_is_named_before_it_is_deployed():
     warning = slower_warning(rows)
     assert "fp16 batch 256: 0.64×" in warning and "fp32 batch 1" not in warning
     assert slower_warning(rows[:1]) is None
+
+
+def test_a_run_whose_sparse_model_is_slower_says_so_and_skips_int8_on_cuda(tmp_path, monkeypatch, machine):
+    from supportprune.deploy.benchmark import BenchResult
+    from supportprune.inputs.recipe import Recipe
+    from supportprune.run.layout import RunLayout
+
+    machine(gpu=True, providers=[CUDA, CPU])
+    timed = {}
+
+    def fake_side_by_side(models, **options):
+        timed["models"] = [path.name for _, path in models]
+        return [BenchResult(kind, str(path), CUDA, 256, 5, ms, ms, 256e3 / ms, macs, "fp32")
+                for (kind, path), ms, macs in zip(models, (1.0, 1.25, 1.0), (100, 50, 100))]
+
+    monkeypatch.setattr(benchmark, "benchmark_side_by_side", fake_side_by_side)
+    monkeypatch.setattr(benchmark, "write_benchmark", lambda *args, **kwargs: None)
+    messages = []
+
+    class Collect:
+        def message(self, text):
+            messages.append(text)
+
+    recipe = dataclasses.replace(Recipe(), export=dataclasses.replace(Recipe().export, int8=True))
+    deliver.benchmark_models(recipe, RunLayout(tmp_path), Collect())
+    assert not any("int8" in name for name in timed["models"])
+    assert any("int8 models: not accelerated on CUDA" in m for m in messages)
+    assert any(m.startswith("warning: the sparse model ran slower than the baseline") and "fp32 batch 256: 0.80×" in m
+               for m in messages)
