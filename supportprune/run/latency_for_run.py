@@ -67,5 +67,7 @@ def model_timer_for_run(context: RunContext):
     batch_size = sparse.latency_batch_size or max(bench.gpu_batch_sizes if gpu_available() else bench.batch_sizes)
     reporter.message(f"measured allocation: timing whole pruned models at batch {batch_size} "
                      f"({sparse.latency_precision}) on {select_providers('auto')[0]}")
+    # A fifth of the benchmark's runs per timing: the search alternates each candidate with the current model three
+    # times (medians of both), and times dozens of candidates.
     return WholeModelTimer(context.model, context.example, batch_size=batch_size, precision=sparse.latency_precision,
-                           runs=bench.runs, warmup=bench.warmup)
+                           runs=max(5, bench.runs // 5), warmup=bench.warmup)
