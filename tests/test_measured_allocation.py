@@ -126,3 +126,15 @@ def test_cutting_a_weight_beyond_its_dense_shape_is_one_clear_error():
     wider = TinyResNet(width=16)
     with pytest.raises(Exception, match="cannot cut"):
         with_widths_of(dense, convert_relus(wider.eval(), example))
+
+
+def test_sites_with_a_nonzero_beta_fall_back_to_exporting_each_candidate():
+    model, example = _converted(TinyResNet(width=16))
+    with torch.no_grad():
+        for _, site in support_sites(model):
+            site.beta.fill_(0.1)  # exported as Greater + Where with per-channel constants the cut cannot follow
+    timer = WholeModelTimer(model, example, batch_size=2, device="cpu", runs=1, warmup=0)
+    scores = {name: torch.arange(float(site.channels)) for name, site in support_sites(model)}
+    keep = measured_keep_masks(model, example, scores, 0.6, lambda k: float(sum(m.sum() for m in k.values())),
+                               round_to=8).keep
+    assert timer(keep) > 0 and timer.export_each

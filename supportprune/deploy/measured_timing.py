@@ -49,13 +49,14 @@ class WholeModelTimer:
         self.log = log
         self.dense_bytes = _export_bytes(export_ready(self.model), self.example, precision == "fp16")
         self.timed = 0
+        self.export_each = False  # set when the dense export cannot be cut to a candidate (see _candidate_runner)
         # The search times the current model and a candidate alternately: the last few stay open (LRU).
         self._runners: OrderedDict[bytes, Callable[[], object]] = OrderedDict()
 
     def __call__(self, keep: dict[str, Tensor]) -> float:
         key = b"".join((mask > 0).cpu().numpy().tobytes() for _, mask in sorted(keep.items()))
         if key not in self._runners:
-            self._runners[key] = self.runner(self.candidate_bytes(keep))
+            self._runners[key] = self._candidate_runner(keep)
             while len(self._runners) > 3:
                 self._runners.popitem(last=False)
         self._runners.move_to_end(key)
@@ -63,14 +64,34 @@ class WholeModelTimer:
 
     def candidate_bytes(self, keep: dict[str, Tensor]) -> bytes:
         """The dense export with its weights cut to the model pruned to ``keep``."""
+        return with_widths_of(self.dense_bytes, self._pruned(keep))
+
+    def _pruned(self, keep: dict[str, Tensor]) -> nn.Module:
         trial = copy.deepcopy(self.model)
         apply_keep_masks(trial, keep)
-        pruned = prune_to_keep_masks(trial, self.example)
-        return with_widths_of(self.dense_bytes, pruned)
+        return prune_to_keep_masks(trial, self.example)
+
+    def _candidate_runner(self, keep: dict[str, Tensor]) -> Callable[[], object]:
+        """The cut dense export, or, for a model whose export holds per-channel constants the cut cannot follow
+        (sites with β ≠ 0 export their thresholds folded into new constants), the real export of each candidate."""
+        pruned = self._pruned(keep)
+        if not self.export_each:
+            try:
+                return self.runner(with_widths_of(self.dense_bytes, pruned))
+            except SupportpruneError:
+                self.export_each = True
+                if self.log is not None:
+                    self.log("measured allocation: the dense export cannot be cut to a candidate's widths; "
+                             "exporting every candidate instead (slower)")
+        return self.runner(_export_bytes(export_ready(pruned), self.example, self.precision == "fp16"))
 
     def runner(self, data: bytes) -> Callable[[], object]:
         """One batch of the model ``data`` on the provider, warmed up."""
-        session = open_session(data, self.providers, self.threads)
+        try:
+            session = open_session(data, self.providers, self.threads)
+        except SupportpruneError as error:  # a candidate whose cut widths some node of the export does not follow
+            raise SupportpruneError(f"measured allocation: a pruned candidate does not load in ONNX Runtime ({error}); "
+                                    "use sparse.allocation: latency or global for this model") from error
         meta = session.get_inputs()[0]
         dtype = np.float16 if self.precision == "fp16" else np.float32
         x = np.random.default_rng(0).standard_normal((self.batch_size, *meta.shape[1:])).astype(dtype)
