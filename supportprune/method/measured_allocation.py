@@ -8,7 +8,9 @@ here is the whole model, pruned, run on the target, and timed; a candidate is ac
 Each step proposes, for every coupled channel group, cutting its weakest channels by ``step_fraction`` of its
 full width (rounded to the group's multiple, at least one multiple), times each proposal against the current model
 (``model_time``, the two alternately, ``repeats`` times: a loaded machine drifts more than one cut saves), and keeps
-the one that loses the least support per share of time saved; proposals that save no time are never taken.
+the one that loses the least support per share of time saved, once a second, independent timing confirms it (the
+lowest of many noisy timings is optimistic); proposals that save no time are never taken. At the end the chosen
+model is timed side by side with the full-width one; short of the target, the search goes on from that timing.
 Measurements of the proposals not taken stay as estimates for the next step and are timed again only when one of
 them comes out best (lazy greedy: a cut that was slow to pay stays slow, so few are timed twice). The search
 stops when the measured time is ``target_fraction`` of the full-width model's or below, or no cut saves time.
@@ -39,7 +41,7 @@ class MeasuredAllocation:
     keep: dict[str, Tensor]  # per site, 0/1
     full_seconds: float  # the model with every channel kept
     start_seconds: float  # the model as it came in (channels pruned at earlier points stay pruned)
-    seconds: float  # the model pruned to ``keep``: full_seconds × the product of the accepted cuts' measured ratios
+    seconds: float  # the model pruned to ``keep``, timed side by side with the full-width model at the end
     steps: int  # cuts accepted
     timings: int  # whole models timed
     reached: bool  # seconds <= target
@@ -57,8 +59,9 @@ class _Candidate:
     rounding: int
     members: list = field(default_factory=list)
     kept: int = 0
-    # last measurement of this group's next cut: (state version it was measured at, seconds, support lost)
-    measured: tuple[int, float, float] | None = None
+    # last measurement of this group's next cut: (state version it was measured at, time ÷ current model's time,
+    # support lost, whether it is a second, independent timing)
+    measured: tuple[int, float, float, bool] | None = None
 
     def next_kept(self, step_fraction: float) -> int | None:
         floor = rounded_keep_count(1, self.channels, self.rounding)
@@ -142,36 +145,48 @@ def measured_keep_masks(
 
     def key(group: _Candidate) -> float:
         """Support lost per share of the full model's time saved (∞: the cut saves nothing)."""
-        _, ratio, lost = group.measured  # type: ignore[misc]
+        _, ratio, lost, _ = group.measured  # type: ignore[misc]
         saved = fraction * (1.0 - ratio)
         return lost / saved if saved > 0 else math.inf
 
-    def measure(index: int) -> None:
+    def measure(index: int, confirmed: bool = False) -> None:
         new_kept = groups[index].next_kept(step_fraction)
         current, candidate = compare(masks(), masks({index: new_kept}))
-        groups[index].measured = (version, candidate / current, groups[index].support_lost(new_kept))
+        groups[index].measured = (version, candidate / current, groups[index].support_lost(new_kept), confirmed)
 
-    while fraction > target_fraction and timings < max_timings:
-        live = [i for i, g in enumerate(groups) if g.next_kept(step_fraction) is not None]
-        for index in live:  # first sight of a group's next cut (or its estimate was dropped): time it
-            if groups[index].measured is None and timings < max_timings:
-                measure(index)
-        ranked = sorted((i for i in live if groups[i].measured is not None), key=lambda i: key(groups[i]))
-        if not ranked:
+    verified = None
+    for _ in range(3):  # the estimate (a product of measured ratios) is checked against the model itself
+        while fraction > target_fraction and timings < max_timings:
+            live = [i for i, g in enumerate(groups) if g.next_kept(step_fraction) is not None]
+            for index in live:  # first sight of a group's next cut (or its estimate was dropped): time it
+                if groups[index].measured is None and timings < max_timings:
+                    measure(index)
+            ranked = sorted((i for i in live if groups[i].measured is not None), key=lambda i: key(groups[i]))
+            if not ranked:
+                break
+            best = groups[ranked[0]]
+            if key(best) == math.inf:  # no estimate saves time: drop the stale ones and time them on this model
+                stale = [i for i in ranked if groups[i].measured[0] != version]
+                if not stale:
+                    break  # every cut, timed against the current model, saves nothing
+                for index in stale:
+                    groups[index].measured = None
+                continue
+            if best.measured[0] != version or not best.measured[3]:
+                # An estimate from an earlier model, or the lowest of many noisy timings (the winner's curse):
+                # timed again, independently, before it is taken, and taken at that second timing.
+                measure(ranked[0], confirmed=best.measured[0] == version)
+                continue
+            best.kept = best.next_kept(step_fraction)
+            fraction, version, steps = fraction * best.measured[1], version + 1, steps + 1
+            best.measured = None
+        if steps == 0 or timings >= max_timings:
             break
-        best = groups[ranked[0]]
-        if key(best) == math.inf:  # no estimate saves time: drop the stale ones and time them on this model
-            stale = [i for i in ranked if groups[i].measured[0] != version]
-            if not stale:
-                break  # every cut, timed against the current model, saves nothing
-            for index in stale:
-                groups[index].measured = None
-            continue
-        if best.measured[0] != version:  # an estimate from an earlier model: time it again before taking it
-            measure(ranked[0])
-            continue
-        best.kept = best.next_kept(step_fraction)
-        fraction, version, steps = fraction * best.measured[1], version + 1, steps + 1
-        best.measured = None
+        verified = compare(ones, masks())  # the full-width and the chosen model, side by side
+        if verified[1] <= target_fraction * verified[0]:
+            break
+        fraction, version = verified[1] / verified[0], version + 1  # short of the target: go on from the truth
+    if verified is not None:
+        full, fraction = verified[0], verified[1] / verified[0]
     return MeasuredAllocation(masks(), full, full * start_fraction, full * fraction, steps, timings,
                               fraction <= target_fraction)
