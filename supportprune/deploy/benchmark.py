@@ -25,6 +25,7 @@ from supportprune.errors import SupportpruneError
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
+CUDA_GRAPH = "+graph"  # suffix of the provider of a result timed as a replayed CUDA graph
 _QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 _ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -93,32 +94,48 @@ def benchmark_side_by_side(
     threads: int | None = None,
     cuda_options: dict[str, str] | None = None,
     rounds: int = 5,
+    tensorrt: str = "off",
+    cuda_graph: bool = False,
 ) -> list[BenchResult]:
     """Time several ``(name, path)`` models against each other: per batch size, the timed runs are split into
     ``rounds`` that visit every model in turn, so drift of the machine (clocks, other load, caches) falls
     on all of them alike and their ratios stay honest. Results are ordered by model, then batch size.
 
     ``cuda_options`` are CUDA provider options (default ``TUNED_CUDA_OPTIONS``; ``{}`` for ORT's defaults).
+    ``tensorrt`` (auto, on, off) and the providers per precision: ``gpu_providers.providers_for``. ``cuda_graph``:
+    at batch 1 on CUDA, every model replays a captured CUDA graph (its provider then reads ``CUDA…+graph``) where
+    ORT can capture it, and is timed as usual where not (it says so).
     """
     if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1 or rounds < 1:
         raise SupportpruneError("benchmark needs runs >= 1, warmup >= 0, rounds >= 1 and batch sizes >= 1")
-    providers = session_providers(device, cuda_options)
+    from supportprune.deploy.gpu_providers import cuda_graph_runner, providers_for
+
     opened = []
     for name, path in models:
         path = Path(path)
+        providers = providers_for(file_precision(path), device, cuda_options=cuda_options, tensorrt=tensorrt,
+                                  cache_dir=path.parent / "tensorrt-cache")
         session = open_session(path, providers, threads)
         provider = session.get_providers()[0]
-        if device == "cuda" and provider != CUDA:
+        if device == "cuda" and provider == CPU:
             raise SupportpruneError(f"ONNX Runtime could not start CUDA for {path}; use --device cpu")
         sample_shape, dtype = _input_spec(session.get_inputs()[0], path)
-        opened.append((name, path, session, provider, sample_shape, onnx_precision(path, dtype), onnx_macs(path)))
+        opened.append((name, path, session, provider, sample_shape, onnx_precision(path, dtype), onnx_macs(path), providers))
     times: dict[tuple[int, int], list[float]] = {}
+    graphs: dict[tuple[int, int], bool] = {}
     for batch_size in batch_sizes:
         runners = []
-        for _, _, session, _, sample_shape, precision, _ in opened:
-            dtype = np.float16 if precision == "fp16" else np.float32  # int8 QDQ models keep float32 I/O
-            x = np.random.default_rng(0).standard_normal((batch_size, *sample_shape)).astype(dtype)
-            run = make_runner(session, x)
+        for index, (_, path, session, provider, sample_shape, precision, _, providers) in enumerate(opened):
+            run = None
+            if cuda_graph and batch_size == 1 and provider == CUDA:
+                run, why = cuda_graph_runner(path, providers, batch_size, open_session)
+                if run is None:
+                    print(f"{path.name}: no CUDA graph at batch 1 ({why}); timed without", flush=True)
+            graphs[(index, batch_size)] = run is not None
+            if run is None:
+                dtype = np.float16 if precision == "fp16" else np.float32  # int8 QDQ models keep float32 I/O
+                x = np.random.default_rng(0).standard_normal((batch_size, *sample_shape)).astype(dtype)
+                run = make_runner(session, x)
             time_calls(run, 0, warmup)
             runners.append(run)
         for round_index in range(rounds):
@@ -126,16 +143,28 @@ def benchmark_side_by_side(
             for index, run in enumerate(runners):
                 times.setdefault((index, batch_size), []).extend(time_calls(run, share, 0))
     results = []
-    for index, (name, path, _, provider, _, precision, macs) in enumerate(opened):
+    for index, (name, path, _, provider, _, precision, macs, _) in enumerate(opened):
         for batch_size in batch_sizes:
             samples = times[(index, batch_size)]
             median = statistics.median(samples)
             results.append(BenchResult(
-                model=name, path=str(path), provider=provider, batch_size=batch_size, runs=len(samples),
+                model=name, path=str(path), provider=provider + (CUDA_GRAPH if graphs[(index, batch_size)] else ""), batch_size=batch_size, runs=len(samples),
                 median_ms=median * 1e3, p90_ms=float(np.percentile(samples, 90)) * 1e3,
                 throughput=batch_size / median, macs=macs, precision=precision,
             ))
     return results
+
+
+def file_precision(path: str | os.PathLike) -> str:
+    """``onnx_precision`` read from the file alone (its input's element type), before a session is opened on it."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # missing or corrupt: fp32 here, and opening the session says what is wrong with the file
+        return "fp32"
+    half = graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 if graph.input else False
+    return onnx_precision(path, np.float16 if half else np.float32)
 
 
 def onnx_precision(path: str | os.PathLike, input_dtype: type = np.float32) -> str:
@@ -197,6 +226,18 @@ def realised_speedups(results: Sequence[BenchResult], baseline: str) -> list[dic
         rows.append({"model": result.model, "precision": result.precision, "batch_size": result.batch_size,
                      "speedup": speedup, "macs_reduction": reduction, "realised": speedup / reduction})
     return rows
+
+
+def slower_warning(rows: Sequence[dict[str, Any]], model: str = "sparse") -> str | None:
+    """None when ``model`` ran at least as fast as the baseline at every precision and batch size benchmarked; else
+    the warning that says where the cut did not turn into speed, before anyone deploys it."""
+    slow = [r for r in rows if r["model"] == model and r["speedup"] < 1.0]
+    if not slow:
+        return None
+    where = ", ".join(f"{r['precision']} batch {r['batch_size']}: {r['speedup']:.2f}×" for r in slow)
+    return (f"the {model} model ran slower than the baseline where it was benchmarked ({where}): its MACs cut did not "
+            "turn into speed there. Before deploying it there, try sparse.round_to 16 or 64, sparse.allocation: measured "
+            "(times whole pruned models on this machine), or deploy the baseline")
 
 
 def realised_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:

@@ -22,7 +22,7 @@ from supportprune.method.support import GRANULARITIES, Granularity
 
 RECIPE_VERSION = 1
 SCHEDULES = ("cosine", "step", "constant")
-ALLOCATIONS = ("global", "latency")
+ALLOCATIONS = ("global", "latency", "measured")
 MASK_STORAGES = ("auto", "memory", "disk")
 TARGET_SCHEDULES = ("final", "linear", "cubic")  # MACs target at each alternation point (sparse.target_schedule)
 BETAS = ("zero", "estimated")  # η*'s threshold β in the Sparse step (sparse.beta)
@@ -120,11 +120,14 @@ class SparseConfig(PhaseConfig):
     observe_batches: int = 10  # taylor, hessian: training batches whose gradients they accumulate per decision
     magnitude_sparsity: float = 0.3  # criterion magnitude: share of conv/linear weights zeroed per layer
     # Where the MACs cut falls: one threshold over the whole network (global), or per coupled group by
-    # support lost per second saved, from layer latencies measured on the benchmark device (latency).
+    # support lost per second saved, from layer latencies measured on the benchmark device (latency), or from
+    # whole pruned models exported and timed there (measured; method/measured_allocation.py).
     allocation: str = "global"
-    target_latency: Optional[float] = None  # allocation latency: fraction of the predicted dense time to keep (default: target_macs)
-    latency_batch_size: Optional[int] = None  # batch the layers are timed at; None: the largest benchmark batch
-    latency_precision: str = "fp32"  # fp32, or fp16 (time the layers as an fp16 export runs them)
+    # allocation latency / measured: fraction of the dense time to keep, predicted by the layer table (latency) or
+    # measured on the whole model (measured); default target_macs
+    target_latency: Optional[float] = None
+    latency_batch_size: Optional[int] = None  # batch the layers (whole models) are timed at; None: the largest benchmark batch
+    latency_precision: str = "fp32"  # fp32, or fp16 (time as an fp16 export runs)
     # A latency-table.json to use instead of timing the layers here: timed once on the deployment machine,
     # and the same table gives the same allocation on every run (timings vary from one measurement to the next).
     latency_table: Optional[str] = None
@@ -150,13 +153,13 @@ class SparseConfig(PhaseConfig):
             raise ValueError(f"beta: must be one of {', '.join(BETAS)}, got {self.beta!r}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation: must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
-        if self.allocation == "latency" and (self.latency_target is None or self.criterion == "magnitude"):
-            raise ValueError("allocation: latency cuts channels to a time target; set target_latency (or target_macs), "
+        if self.allocation in ("latency", "measured") and (self.latency_target is None or self.criterion == "magnitude"):
+            raise ValueError(f"allocation: {self.allocation} cuts channels to a time target; set target_latency (or target_macs), "
                              "with a channel criterion")
         if self.latency_table is not None and self.allocation != "latency":
             raise ValueError("latency_table: only with allocation: latency")
-        if self.target_latency is not None and self.allocation != "latency":
-            raise ValueError("target_latency: only with allocation: latency (the global allocation targets MACs)")
+        if self.target_latency is not None and self.allocation not in ("latency", "measured"):
+            raise ValueError("target_latency: only with allocation: latency or measured (the global allocation targets MACs)")
         if self.target_latency is not None and not 0 < self.target_latency <= 1:
             raise ValueError(f"target_latency: a fraction in (0, 1], got {self.target_latency}")
         if self.latency_precision not in ("fp32", "fp16"):
@@ -188,7 +191,7 @@ class SparseConfig(PhaseConfig):
 
     @property
     def latency_target(self) -> Optional[float]:
-        """allocation latency: the share of the dense model's predicted time the cut aims at."""
+        """allocation latency / measured: the share of the dense model's (predicted / measured) time the cut aims at."""
         return self.target_latency if self.target_latency is not None else self.target_macs
 
     @property

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from supportprune.method.allocation import LayerLatency, latency_aware_keep_masks, predicted_latency
+from supportprune.method.measured_allocation import ModelTime, measured_keep_masks
 from supportprune.method.criteria import Criterion, apply_weight_masks, magnitude_masks, make_criterion, nonzero_parameters
 from supportprune.method.pruning import (
     apply_keep_masks,
@@ -54,6 +55,9 @@ class AlternationResult:
     allocation: str = "global"
     # allocation latency: the latency table's prediction for the conv/linear layers, dense ÷ pruned
     predicted_speedup: float | None = None
+    # allocation measured: the whole model timed on the target, dense ÷ pruned, and whether it met target_latency
+    measured_speedup: float | None = None
+    measured_target_met: bool | None = None
 
 
 def begin_sparse(model: nn.Module, config: SparseConfig, *, reset: bool = True) -> None:
@@ -96,6 +100,7 @@ def alternation_point(
     seed: int = 0,
     layer_latency: LayerLatency | None = None,
     criterion: Criterion | None = None,
+    model_time: ModelTime | None = None,
 ) -> AlternationResult:
     """Prune (by keep masks) the channels whose support stayed zero. With a MACs target, the pruning
     threshold is searched so the zero-support channels meet it; the training masks keep the recipe's
@@ -108,21 +113,28 @@ def alternation_point(
 
     ``allocation: latency`` (needs ``layer_latency``, a measured table) cuts until the table predicts
     ``target_latency`` (default ``target_macs``) of the dense time, where it saves the most time per unit of
-    score lost (``allocation.latency_aware_keep_masks``); the reported threshold is the highest score pruned."""
+    score lost (``allocation.latency_aware_keep_masks``); the reported threshold is the highest score pruned.
+    ``allocation: measured`` (needs ``model_time``, which times the whole model pruned to given keep masks on the
+    target) cuts until the measured time is ``target_latency`` of the dense model's (``measured_allocation``)."""
     observed = max((int(site.stat_batches) for _, site in support_sites(model)), default=0)
     criterion = criterion or make_criterion(config, seed=seed)
     scores = criterion.scores(model, example_input)
-    predicted_speedup = None
+    predicted_speedup = measured = None
     rounding = {"round_to": config.round_to, "concat_round_to": config.concat_round_to}  # every plan, one rule
-    if config.allocation == "latency":
+    if config.allocation == "measured":
+        if model_time is None:
+            raise ValueError("allocation measured needs a whole-model timing function")
+        measured = measured_keep_masks(model, example_input, scores, config.latency_target, model_time, **rounding)
+        keep = measured.keep
+        threshold = _highest_pruned(model, scores, keep)
+    elif config.allocation == "latency":
         if layer_latency is None:
             raise ValueError("allocation latency needs a layer latency table")
         dense_latency = predicted_latency(model, example_input, layer_latency)  # the masked model has full widths
         keep, _, latency = latency_aware_keep_masks(
             model, example_input, scores, config.latency_target * dense_latency, layer_latency, **rounding
         )
-        pruned = [scores[name].cpu()[(site.keep.cpu() > 0) & (keep[name] == 0)] for name, site in support_sites(model)]
-        threshold = float(torch.cat(pruned).max()) if sum(p.numel() for p in pruned) else 0.0
+        threshold = _highest_pruned(model, scores, keep)
         predicted_speedup = dense_latency / latency if latency > 0 else None
     elif config.target_macs is not None:
         target = int(config.target_macs * baseline_macs)
@@ -138,7 +150,14 @@ def alternation_point(
     kept = sum(int(mask.sum()) for mask in keep.values())
     total = sum(mask.numel() for mask in keep.values())
     return AlternationResult(threshold, kept, total, macs, observed, params, config.criterion, config.allocation,
-                             predicted_speedup)
+                             predicted_speedup, measured.speedup if measured else None,
+                             measured.reached if measured else None)
+
+
+def _highest_pruned(model: nn.Module, scores: dict[str, Tensor], keep: dict[str, Tensor]) -> float:
+    """The highest score among the channels a plan prunes now (the threshold an allocation amounts to)."""
+    pruned = [scores[name].cpu()[(site.keep.cpu() > 0) & (keep[name].cpu() == 0)] for name, site in support_sites(model)]
+    return float(torch.cat(pruned).max()) if sum(p.numel() for p in pruned) else 0.0
 
 
 def magnitude_point(

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from supportprune.deploy.gpu_providers import NOT_ACCELERATED
 from supportprune.deploy.quantize import onnx_top1_agreement as top1_agreement
 from supportprune.errors import SupportpruneError
 from supportprune.inputs.data import recipe_loaders
@@ -131,6 +132,14 @@ def check_batch(loader, size: int) -> torch.Tensor:
     return torch.cat(images)[:size].cpu()
 
 
+def int8_timed_here(device: str = "auto") -> bool:
+    """Whether int8 models run int8 kernels on the provider this machine benchmarks with (CPU, TensorRT: yes;
+    the CUDA provider alone: no, they are marked ``NOT_ACCELERATED`` instead of timed)."""
+    from supportprune.deploy.gpu_providers import int8_accelerated, providers_for
+
+    return int8_accelerated(providers_for("int8", device, tensorrt="auto"))
+
+
 def benchmark_models(recipe: Recipe, layout: RunLayout, reporter: Reporter) -> list[Any]:
     """The exported models side by side on ONNX Runtime; benchmark.json and benchmark.md."""
     from supportprune.deploy.benchmark import (
@@ -139,21 +148,30 @@ def benchmark_models(recipe: Recipe, layout: RunLayout, reporter: Reporter) -> l
         realised_markdown,
         realised_speedups,
         results_markdown,
+        slower_warning,
         write_benchmark,
     )
 
     batch_sizes = recipe.bench.gpu_batch_sizes if gpu_available() else recipe.bench.batch_sizes
     models = [(kind, layout.onnx(kind, fp16)) for fp16 in ((False, True) if recipe.export.fp16 else (False,))
               for kind in MODEL_KINDS]
-    if recipe.export.int8:  # same names as fp32; the results' precision (read from the graph) tells them apart
+    if recipe.export.int8 and not int8_timed_here():
+        reporter.message(f"int8 models: {NOT_ACCELERATED} (ONNX Runtime's CUDA provider runs QDQ models with float "
+                         "kernels, slower than fp32); not timed here: time them on the CPU provider "
+                         "(tools/bench_cpu_share.py) or with TensorRT installed")
+    elif recipe.export.int8:  # same names as fp32; the results' precision (read from the graph) tells them apart
         models += [(kind, layout.onnx(kind, int8=True)) for kind in MODEL_KINDS]
     reporter.message(f"benchmarking {', '.join(path.name for _, path in models)} side by side at batch sizes "
                      f"{', '.join(map(str, batch_sizes))}")
-    results = benchmark_side_by_side(models, batch_sizes=batch_sizes, runs=recipe.bench.runs, warmup=recipe.bench.warmup)
+    results = benchmark_side_by_side(models, batch_sizes=batch_sizes, runs=recipe.bench.runs, warmup=recipe.bench.warmup,
+                                     tensorrt="auto")
     if results:
         reporter.message(f"ONNX Runtime provider: {results[0].provider}")
     realised = realised_speedups(results, "baseline")
     write_benchmark(results, layout.bench_json, layout.bench_md, realised=realised)
     reporter.message(results_markdown(results))
     reporter.message(realised_markdown([r for r in realised if r["model"] == "sparse"], "baseline"))
+    warning = slower_warning(realised)
+    if warning:
+        reporter.message(f"warning: {warning}")
     return results

@@ -46,28 +46,43 @@ def write_report(layout, model_name, recipe, data_description, summaries, bench,
     if no_plots is None:
         plots.append(("Training curves", _training_plot(layout, state)))
         plots.append(("Channels kept per support site", _channels_plot(layout, state)))
-    from supportprune.deploy.benchmark import realised_markdown, realised_speedups, results_markdown
+    from supportprune.deploy.benchmark import realised_markdown, realised_speedups, results_markdown, slower_warning
 
     provider = bench[0].provider if bench else "none"
     realised_table = realised_markdown(realised_speedups(bench, "baseline"), "baseline") if bench else "(no benchmark)\n"
+    slower = slower_warning(realised_speedups(bench, "baseline")) if bench else None
+    if slower:
+        realised_table = f"**Warning:** {slower}.\n\n" + realised_table
     reduced = sorted({r.precision for r in bench} - {"fp32"})
     precision_note = (f"; {' and '.join(reduced)} rows compare with the baseline of the same precision, and all results "
                  "are in the table below" if reduced else "")
     if reduced:
         realised_table += "\n" + results_markdown(bench) + _int8_text(layout, bench)
+    if recipe.export.int8 and bench and not any(r.precision == "int8" for r in bench):
+        from supportprune.deploy.gpu_providers import NOT_ACCELERATED
+
+        realised_table += (f"\nint8 models: {NOT_ACCELERATED}. ONNX Runtime's CUDA provider runs QDQ models with float "
+                           "kernels, so they were not timed here; time them on the CPU provider or with TensorRT.\n")
     revived = state.revived_channels if state.revived_channels is not None else 0
-    latency = recipe.sparse.allocation == "latency"
+    latency = recipe.sparse.allocation in ("latency", "measured")
+    speedup_key = "measured_speedup" if recipe.sparse.allocation == "measured" else "predicted_speedup"
+    speedup_header = "measured speed-up" if recipe.sparse.allocation == "measured" else "predicted speed-up"
     alternations = "\n".join(
         f"| {a['epoch']} | {a['relative_threshold']:.4g} | {a['channels_kept']} / {a['channels_total']} | {a['macs'] / 1e6:,.1f} M | {a['observed_batches']} |"
-        + (f" {a['predicted_speedup']:.2f}× |" if latency and a.get("predicted_speedup") else " |" if latency else "")
+        + (f" {a[speedup_key]:.2f}× |" if latency and a.get(speedup_key) else " |" if latency else "")
         for a in state.alternations
     )
-    allocation_text = (
-        f"\n\nAllocation `latency`: channels were cut until the layer latencies timed with ONNX Runtime on this "
+    allocation_text = {
+        "latency": f"\n\nAllocation `latency`: channels were cut until the layer latencies timed with ONNX Runtime on this "
         f"machine (`latency-table.json`) predicted {recipe.sparse.latency_target:g} of the dense time, always where "
         "the least support was lost per second saved; the weakest channels of a group go first, and the threshold "
-        "shown is the highest score pruned. The predicted speed-up covers the convolution and linear layers only."
-        if latency else "")
+        "shown is the highest score pruned. The predicted speed-up covers the convolution and linear layers only.",
+        "measured": f"\n\nAllocation `measured`: whole pruned models were exported and timed with ONNX Runtime on this "
+        f"machine ({recipe.sparse.latency_precision}), and channels were cut until the measured time was "
+        f"{recipe.sparse.latency_target:g} of the dense model's, always where the least support was lost per second "
+        "saved (NetAdapt-style); the weakest channels of a group go first, and the threshold shown is the highest score "
+        "pruned. The measured speed-up is the whole model's, dense ÷ pruned, as timed during the search.",
+    }.get(recipe.sparse.allocation, "")
     text = f"""# supportprune report: {model_name}
 
 Dense–Sparse–Dense with {_criterion_text(recipe.sparse)}, on {data_description}.
@@ -93,7 +108,7 @@ batches observed since the previous point are pruned; a channel of a residual st
 every site it passes through lost it. With a MACs target the pruning threshold is searched (the training masks
 keep the recipe's `relative_threshold`, {recipe.sparse.relative_threshold:g}).{allocation_text}
 
-| after sparse epoch | pruning threshold (× mean unit energy) | site channels kept | MACs | batches observed |{" predicted speed-up |" if latency else ""}
+| after sparse epoch | pruning threshold (× mean unit energy) | site channels kept | MACs | batches observed |{f" {speedup_header} |" if latency else ""}
 |---:|---:|---:|---:|---:|{"---:|" if latency else ""}
 {alternations}
 

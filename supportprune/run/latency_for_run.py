@@ -55,3 +55,19 @@ def latency_table_for_run(context: RunContext) -> LatencyTable:
         reporter.stop()
     table.save(path)
     return table
+
+
+def model_timer_for_run(context: RunContext):
+    """``sparse.allocation: measured``: times whole pruned models on this machine's provider (rank 0), at the
+    largest benchmark batch (or ``sparse.latency_batch_size``) and ``sparse.latency_precision``."""
+    from supportprune.deploy.benchmark import gpu_available, select_providers
+    from supportprune.deploy.measured_timing import WholeModelTimer
+
+    sparse, bench, reporter = context.recipe.sparse, context.recipe.bench, context.reporter
+    batch_size = sparse.latency_batch_size or max(bench.gpu_batch_sizes if gpu_available() else bench.batch_sizes)
+    reporter.message(f"measured allocation: timing whole pruned models at batch {batch_size} "
+                     f"({sparse.latency_precision}) on {select_providers('auto')[0]}")
+    # A fifth of the benchmark's runs per timing: the search alternates each candidate with the current model three
+    # times (medians of both), and times dozens of candidates.
+    return WholeModelTimer(context.model, context.example, batch_size=batch_size, precision=sparse.latency_precision,
+                           runs=max(5, bench.runs // 5), warmup=bench.warmup)

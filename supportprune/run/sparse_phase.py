@@ -12,7 +12,7 @@ from supportprune.method.criteria import Criterion, apply_weight_masks, make_cri
 from supportprune.method.support import kept_unit_fractions, reset_support_stats, support_sites
 from supportprune.run.context import RunContext
 from supportprune.run.instance_supports import InstanceSupports
-from supportprune.run.latency_for_run import latency_table_for_run
+from supportprune.run.latency_for_run import latency_table_for_run, model_timer_for_run
 from supportprune.run.phases import Phase, check_same_keep_masks, estimate_beta
 
 
@@ -101,12 +101,14 @@ class SparsePhase(Phase):
             self.revive_store = dsd.remember_pruned_weights(self.revive_store, context.model, context.example)
         if context.cluster.is_main:
             table = latency_table_for_run(context) if sparse.allocation == "latency" else None
+            timer = model_timer_for_run(context) if sparse.allocation == "measured" else None
             criterion = self._criterion()
             for images, labels in itertools.islice(context.ordered_train_loader(), criterion.observe_batches):
                 criterion.observe(context.model, images.to(context.device), labels.to(context.device))
             result = dsd.alternation_point(context.model, context.example, dsd.scheduled_config(sparse, epoch),
                                            context.baseline_macs,
-                                           seed=context.recipe.seed, layer_latency=table, criterion=criterion)
+                                           seed=context.recipe.seed, layer_latency=table, criterion=criterion,
+                                           model_time=timer)
             context.state.alternations.append({"epoch": epoch, **asdict(result)})
             what = ("support" if sparse.criterion == "support" else f"{sparse.criterion} channel")
             context.reporter.message(
@@ -115,6 +117,9 @@ class SparsePhase(Phase):
                 f"(pruning threshold {result.relative_threshold:.4g})"
                 + (f"; predicted speed-up of the conv/linear layers {result.predicted_speedup:.2f}×"
                    if result.predicted_speedup else "")
+                + (f"; measured speed-up of the whole model {result.measured_speedup:.2f}× (target "
+                   f"{1 / sparse.latency_target:.2f}×{'' if result.measured_target_met else ', not reached: no further cut saved time within the timing budget'})"
+                   if result.measured_speedup else "")
             )
         else:
             reset_support_stats(context.model)
