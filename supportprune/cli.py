@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 import click
 import typer
 
-from supportprune.errors import SupportpruneError, UserCodeError, describe_unexpected, write_traceback
+from supportprune.errors import StopRequested, SupportpruneError, UserCodeError, describe_unexpected, write_traceback
 
 app = typer.Typer(
     help="Compress pretrained CNNs with learned supports (Huang, Kong, Lucey 2017): Dense–Sparse–Dense with B-alternation.",
@@ -71,6 +71,9 @@ def friendly_errors(command: Callable) -> Callable:
                 _ErrorLog.record(error)
             _err(str(error).replace("\n", " "))
             raise typer.Exit(getattr(error, "exit_code", 1))
+        except StopRequested as stop:
+            _err(str(stop))
+            raise typer.Exit(stop.exit_code)
         except KeyboardInterrupt:
             _err("interrupted; run the same command again to resume from the last checkpoint")
             raise typer.Exit(130)
@@ -343,17 +346,23 @@ def export_run(
     device: str = typer.Option("auto", "--device", help="device for the accuracy check"),
 ) -> None:
     """Re-export a finished run's baseline, sparse and dense models to ONNX (checked against PyTorch)."""
-    import yaml
-
-    from supportprune.deploy.deliver import export_models, load_run_models
     from supportprune.run.layout import RunLayout
-    from supportprune.inputs.data import load_data, make_loaders
-    from supportprune.inputs.recipe import recipe_from_dict
+    from supportprune.run.signals import StopRequests, stage
     from supportprune.run.training_loop import choose_device
 
     layout = RunLayout(run_dir)
     _ErrorLog.use_run_dir(run_dir)
-    torch_device = choose_device(device)
+    with StopRequests(), stage(f"the export of {run_dir}"):
+        _export_run(layout, choose_device(device))
+
+
+def _export_run(layout, torch_device) -> None:
+    import yaml
+
+    from supportprune.deploy.deliver import export_models, load_run_models
+    from supportprune.inputs.data import load_data, make_loaders
+    from supportprune.inputs.recipe import recipe_from_dict
+
     spec, models = load_run_models(layout, torch_device)
     recipe = recipe_from_dict(yaml.safe_load(layout.recipe.read_text()), str(layout.recipe))
     data = load_data(recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean,
@@ -378,13 +387,15 @@ def bench(
 
     fp16 models (exported with export.fp16) are fed fp16 inputs. On a GPU the input is bound on the device."""
     from supportprune.deploy.benchmark import benchmark_side_by_side, realised_markdown, realised_speedups, results_markdown, write_benchmark
+    from supportprune.run.signals import StopRequests, stage
 
     sizes = _ints(batch_sizes, "--batch-sizes")
     if len({path.stem for path in models}) < len(models):
         raise SupportpruneError("two models share a file name; rename one so the results can tell them apart")
     # Side by side: the timed runs of all models are interleaved, so their ratios do not depend on drift.
-    results = benchmark_side_by_side([(path.stem, path) for path in models], batch_sizes=sizes, runs=runs,
-                                     warmup=warmup, device=device, cuda_options={} if cuda_defaults else None)
+    with StopRequests(), stage("benchmarking"):
+        results = benchmark_side_by_side([(path.stem, path) for path in models], batch_sizes=sizes, runs=runs,
+                                         warmup=warmup, device=device, cuda_options={} if cuda_defaults else None)
     if baseline is not None and baseline not in {r.model for r in results}:
         raise SupportpruneError(f"--baseline {baseline!r} is none of the benchmarked models ({', '.join(p.stem for p in models)})")
     realised = realised_speedups(results, baseline) if baseline else []

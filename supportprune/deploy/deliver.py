@@ -21,6 +21,7 @@ from supportprune.run.atomic import atomic_write_text
 from supportprune.run.checkpoint import read_checkpoint
 from supportprune.run.layout import RunLayout
 from supportprune.run.reporter import Reporter
+from supportprune.run.signals import stage
 from supportprune.run.training_loop import evaluate
 
 MODEL_KINDS = ("baseline", "sparse", "dense")
@@ -75,8 +76,9 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
         ready = export_ready(model).cpu()
         for fp16 in (False, True) if recipe.export.fp16 else (False,):
             path = layout.onnx(kind, fp16)
-            check = export_onnx(ready, path, example_input=spec.example_input(), check_input=check_input,
-                                tolerance=recipe.export.tolerance, opset=recipe.export.opset, fp16=fp16)
+            with stage(f"export of {path.name}"):
+                check = export_onnx(ready, path, example_input=spec.example_input(), check_input=check_input,
+                                    tolerance=recipe.export.tolerance, opset=recipe.export.opset, fp16=fp16)
             record = {"path": path.name, "max_abs_diff": check.max_abs_diff, "tolerance": check.tolerance,
                       "check_inputs": check.batch_size}
             if fp16:
@@ -85,7 +87,8 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
             reporter.message(f"exported {path.name}: max |ONNX - PyTorch| {check.max_abs_diff:.2e}" + (
                 f", fp16 top-1 agrees with fp32 on {100 * record['top1_agreement_with_fp32']:.2f}%" if fp16 else ""))
         if calibration is not None:
-            path = quantize_int8(layout.onnx(kind), layout.onnx(kind, int8=True), calibration)
+            with stage(f"int8 calibration of {layout.onnx(kind).name}"):
+                path = quantize_int8(layout.onnx(kind), layout.onnx(kind, int8=True), calibration)
             compared = onnx_top1_comparison(ready, path, val_loader, recipe.export.agreement_images)
             agreement = compared.agreement
             warning = agreement_warning(path.name, agreement, top1=compared.top1, reference_top1=compared.reference_top1)

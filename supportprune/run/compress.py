@@ -23,7 +23,7 @@ from supportprune.run.layout import RunLayout
 from supportprune.run.phases import DensePhase, RedensePhase
 from supportprune.run.reporter import Reporter, SilentReporter
 from supportprune.run.setup import build_context, open_run_dir
-from supportprune.run.signals import StopRequests
+from supportprune.run.signals import StopRequests, stage
 from supportprune.run.sparse_phase import SparsePhase
 from supportprune.run.train_phase import TrainPhase
 
@@ -81,7 +81,8 @@ def train(
     the closing evaluation (validation error with η* on each example, and with MaskT), also in result.json."""
     def finish(context: RunContext, phases) -> dict[str, Any]:
         (train_phase,) = phases
-        train_phase.closing_evaluation()
+        with stage("the closing evaluation"):
+            train_phase.closing_evaluation()
         return train_phase.final_result
 
     return _execute(model_name, recipe, out_dir, lambda context: [TrainPhase(context)], finish, device, restart,
@@ -96,7 +97,8 @@ def _execute(model_name, recipe, out_dir, make_phases, finish, device, restart, 
         with StopRequests() as stop_requests:
             reporter = reporter if (reporter is not None and cluster.is_main) else SilentReporter()
             layout = RunLayout(out_dir)
-            resuming = open_run_dir(layout, recipe, model_name, cluster, reporter, restart)
+            with stage("opening the run directory"):
+                resuming = open_run_dir(layout, recipe, model_name, cluster, reporter, restart)
             context = build_context(model_name, recipe, layout, cluster, reporter, device, max_steps, started)
             engine = Engine(context, make_phases, stop_requests, resuming)
             engine.run()
@@ -124,12 +126,15 @@ def _deliver(context: RunContext) -> CompressResult:
     # Each rank validated on its shard; the exported models are checked on the whole validation set.
     full_val = context.val_loader if not context.cluster.distributed else make_loaders(
         context.data, batch_size=recipe.data.batch_size, workers=recipe.data.workers, seed=recipe.seed)[1]
-    spec, models = load_run_models(layout, context.device)
-    summaries = export_models(spec, models, recipe, layout, full_val, context.device, reporter, context.train_loader)
-    bench = benchmark_models(recipe, layout, reporter)
+    with stage("export"):
+        spec, models = load_run_models(layout, context.device)
+        summaries = export_models(spec, models, recipe, layout, full_val, context.device, reporter, context.train_loader)
+    with stage("benchmarking"):
+        bench = benchmark_models(recipe, layout, reporter)
     seconds = time.perf_counter() - context.started
     from supportprune.reports.run_report import write_report
 
-    write_report(layout, context.model_name, recipe, context.data.description, summaries, bench, context.state, seconds)
+    with stage("writing the report"):
+        write_report(layout, context.model_name, recipe, context.data.description, summaries, bench, context.state, seconds)
     reporter.message(f"report: {layout.report}")
     return CompressResult(layout.root, tuple(summaries), tuple(bench), seconds)

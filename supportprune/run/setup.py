@@ -21,6 +21,7 @@ from supportprune.run.layout import RunLayout, prepare_run_dir, run_info
 from supportprune.run.reporter import Reporter
 from supportprune.run.run_aside import move_aside
 from supportprune.run.run_state import RunState
+from supportprune.run.signals import stage
 from supportprune.run.sync_batch_norm import use_global_batch_statistics
 from supportprune.run.training_loop import choose_device, seed_everything
 
@@ -52,10 +53,11 @@ def build_context(model_name: str, recipe: Recipe, layout: RunLayout, cluster, r
     """Data, loaders and the model with its ReLUs as support sites (thresholding: η*, Eq. 9)."""
     seed_everything(recipe.seed)
     device = choose_device(cluster_device(cluster, requested_device))
-    data = load_data(
-        recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean, std=recipe.data.std,
-        augment=recipe.data.augment, channels=recipe.data.channels, resize_to=recipe.data.resize_to,
-    )
+    with stage("loading the data"):
+        data = load_data(
+            recipe.data.source, input_size=recipe.data.input_size, mean=recipe.data.mean, std=recipe.data.std,
+            augment=recipe.data.augment, channels=recipe.data.channels, resize_to=recipe.data.resize_to,
+        )
     processes = f", {cluster.world_size} processes" if cluster.distributed else ""
     reporter.message(f"data: {data.description}; device: {device}{processes}")
     train_loader, val_loader = make_loaders(
@@ -66,9 +68,10 @@ def build_context(model_name: str, recipe: Recipe, layout: RunLayout, cluster, r
     if cluster.is_main:  # what `supportprune export` needs to rebuild the models
         info = {**json.loads(layout.run_info.read_text()), "spec": asdict(spec)}
         atomic_write_text(layout.run_info, json.dumps(info, indent=2))
-    plain_model = build_model(spec, recipe.weights)
-    check_forward(plain_model, spec)
-    model = convert_relus(plain_model, spec.example_input()).to(device)
+    with stage("building the model"):
+        plain_model = build_model(spec, recipe.weights)
+        check_forward(plain_model, spec)
+        model = convert_relus(plain_model, spec.example_input()).to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if recipe.sync_batch_norm and cluster.distributed:
