@@ -109,8 +109,9 @@ def test_rerun_resumes_and_a_changed_recipe_is_refused(finished_run):
     assert again.exit_code == 0, again.output
     assert "resuming" in again.output and "export (training finished)" in again.output
     assert (out / "metrics.jsonl").read_text() == before
-    other = _recipe_file(tmp_path, **{"sparse.lr": 0.02})
-    one_line_error(_compress(tmp_path, out, recipe=other), "holds a run with another model or recipe", "--restart")
+    other = _recipe_file(tmp_path, **{"sparse.lr": 0.02})  # the Sparse step has finished: its settings are fixed
+    one_line_error(_compress(tmp_path, out, recipe=other), "sparse.lr: 0.01, not 0.02", "the sparse phase has finished",
+                   "--restart")
 
 
 def _metrics_without_time(run_dir):
@@ -379,7 +380,7 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     recipe = _recipe_file(tmp_path, **{"sparse.lr": 1e12})
     out = tmp_path / "diverge"
     result = _compress(tmp_path, out, recipe=recipe)
-    one_line_error(result, "sparse epoch 1", "became n", "last good checkpoint kept", "sparse.lr")
+    one_line_error(result, "sparse epoch 1", "became n", "last good checkpoint kept", "sparse.lr 1e+12", "lower sparse.lr")
     checkpoint = read_checkpoint(out / "checkpoints" / "last.pt")
     assert checkpoint["run"]["phase_index"] == 1 and checkpoint["run"]["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())

@@ -28,10 +28,14 @@ from supportprune.run.sparse_phase import SparsePhase
 from supportprune.run.train_phase import TrainPhase
 
 
+COMPRESS_PHASES = (DensePhase.name, SparsePhase.name, RedensePhase.name)  # what compress_phases makes: recipe sections
+
+
 def compress_phases(context: RunContext) -> list:
     """Dense → Sparse → re-Dense; re-Dense revives from what Sparse pruned (``redense.revive: restore``)."""
     sparse = SparsePhase(context)
     return [DensePhase(context), sparse, RedensePhase(context, sparse)]
+
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ def compress(
     def finish(context: RunContext, phases) -> CompressResult:
         return _deliver(context) if deliver else _undelivered(context)
 
-    return _execute(model_name, recipe, out_dir, compress_phases, finish, device, restart, reporter, max_steps_per_epoch)
+    return _execute(model_name, recipe, out_dir, "compress", compress_phases, COMPRESS_PHASES, finish, device,
+                    restart, reporter, max_steps_per_epoch)
 
 
 def train(
@@ -85,11 +90,11 @@ def train(
             train_phase.closing_evaluation()
         return train_phase.final_result
 
-    return _execute(model_name, recipe, out_dir, lambda context: [TrainPhase(context)], finish, device, restart,
-                    reporter, max_steps_per_epoch)
+    return _execute(model_name, recipe, out_dir, "train", lambda context: [TrainPhase(context)],
+                    (TrainPhase.name,), finish, device, restart, reporter, max_steps_per_epoch)
 
 
-def _execute(model_name, recipe, out_dir, make_phases, finish, device, restart, reporter, max_steps):
+def _execute(model_name, recipe, out_dir, command, make_phases, phase_names, finish, device, restart, reporter, max_steps):
     recipe = with_resolved_preprocessing(recipe)  # recipe.yaml and the report say exactly how images were prepared
     started = time.perf_counter()
     cluster = init_cluster(device)
@@ -98,7 +103,8 @@ def _execute(model_name, recipe, out_dir, make_phases, finish, device, restart, 
             reporter = reporter if (reporter is not None and cluster.is_main) else SilentReporter()
             layout = RunLayout(out_dir)
             with stage("opening the run directory"):
-                resuming = open_run_dir(layout, recipe, model_name, cluster, reporter, restart)
+                resuming = open_run_dir(layout, recipe, model_name, cluster, reporter, restart, command,
+                                        phase_names)
             context = build_context(model_name, recipe, layout, cluster, reporter, device, max_steps, started)
             engine = Engine(context, make_phases, stop_requests, resuming)
             engine.run()

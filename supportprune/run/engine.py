@@ -30,6 +30,19 @@ from supportprune.run.training_loop import (
 CURVE_POINTS_PER_EPOCH = 20  # training loss and error are logged this often per epoch (Figure 3's curves)
 
 
+def _continue_with(optimizer, scheduler, config) -> None:
+    """A resumed phase continues with its recipe section's settings, which may have changed while the phase was
+    unfinished (a lower lr after a divergence): the optimizer and schedule just loaded hold the earlier ones."""
+    decays = [config.weight_decay, 0.0]  # make_optimizer's two groups
+    for index, group in enumerate(optimizer.param_groups):
+        group["momentum"], group["nesterov"] = config.momentum, config.nesterov and config.momentum > 0
+        group["weight_decay"] = decays[index]
+        if scheduler.base_lrs[index] != config.lr:
+            scheduler.base_lrs[index] = group["initial_lr"] = config.lr
+            group["lr"] = config.lr * scheduler.lr_lambdas[index](scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 class Engine:
     """Runs ``phases`` (made by ``make_phases`` from the run's context) from where the run directory says."""
 
@@ -106,6 +119,7 @@ class Engine:
         if not fresh:
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
+            _continue_with(optimizer, scheduler, phase.config)
         while self.state.epoch < phase.config.epochs:
             with stage(f"{phase.name} epoch {self.state.epoch + 1}"):
                 self._run_epoch(phase, trained, optimizer, scheduler, steps)

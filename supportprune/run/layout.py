@@ -1,15 +1,17 @@
-"""The files of a run directory, and opening one: a new run, or the same recipe and model resumed."""
+"""The files of a run directory, and opening one: a new run, or the same command, model and recipe resumed."""
 
 from __future__ import annotations
 
 import json
 import platform
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from supportprune import __version__
 from supportprune.errors import SupportpruneError
-from supportprune.inputs.recipe import Recipe, same_recipe
+from supportprune.inputs.recipe import Recipe, recipe_differences
+from supportprune.run.checkpoint import CheckpointError, load_latest
 
 
 class RunLayout:
@@ -37,8 +39,18 @@ class RunLayout:
         return self.root / (f"{kind}.fp16.onnx" if fp16 else f"{kind}.int8.onnx" if int8 else f"{kind}.onnx")
 
 
-def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str) -> bool:
-    """Create or reopen the run directory; True when an earlier run of the same recipe is resumed."""
+# Settings that never force retraining: they act after training (export, bench) or not on what is computed.
+_FREE_SECTIONS = ("export", "bench")
+_FREE_KEYS = ("description", "checkpoint_every_steps", "data.workers")
+
+
+def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, command: str = "compress",
+                    phases: Sequence[str] = ()) -> tuple[bool, list[str]]:
+    """Create or reopen the run directory: (True when an earlier run is resumed, lines to tell the user).
+
+    A directory that holds a run (its run.json) is reopened only by the same command for the same model, and a
+    recipe that differs only where it may: export and bench settings, and the sections of ``phases`` (the
+    command's phases, in order) that have not finished. Anything else is refused, naming what differs."""
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
         probe = layout.root / ".write-test"
@@ -46,23 +58,63 @@ def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str) -> bool:
         probe.unlink()
     except OSError as error:
         raise SupportpruneError(f"cannot write to output directory {layout.root}: {error.strerror}; choose another --out") from None
-    if layout.checkpoint.exists() or layout.checkpoint.with_suffix(".pt.previous").exists():
-        previous_info = json.loads(layout.run_info.read_text()) if layout.run_info.exists() else {}
-        if not same_recipe(layout.recipe, recipe) or previous_info.get("model") != model_name:
-            raise SupportpruneError(
-                f"{layout.root} holds a run with another model or recipe; use another --out, or --restart to start over there"
-            )
-        return True
-    return False
+    has_checkpoint = layout.checkpoint.exists() or layout.checkpoint.with_suffix(".pt.previous").exists()
+    if not layout.run_info.exists():
+        if has_checkpoint:
+            raise SupportpruneError(f"{layout.root} holds checkpoints but no run.json, so what made them is unknown; "
+                                    "use another --out, or --restart to move that directory aside")
+        return False, []
+    advice = "use another --out, or --restart to move that run aside and start over"
+    try:
+        previous = json.loads(layout.run_info.read_text())
+    except (OSError, ValueError) as error:
+        raise SupportpruneError(f"{layout.run_info} cannot be read ({error}); {advice}") from None
+    made_by = previous.get("command")  # runs made before run.json recorded it: any command
+    if made_by is not None and made_by != command:
+        raise SupportpruneError(f"{layout.root} holds a `supportprune {made_by}` run, not a `supportprune {command}` "
+                                f"one; {advice}")
+    if previous.get("model") != model_name:
+        raise SupportpruneError(f"{layout.root} holds a run of model {previous.get('model')!r}, not {model_name!r}; {advice}")
+    finished = _finished_phases(layout, len(phases))
+    notes = []
+    for key, old, new in recipe_differences(layout.recipe, recipe):
+        section = key.split(".")[0]
+        if section in _FREE_SECTIONS or key in _FREE_KEYS:
+            notes.append(f"{key} changed from {old!r} to {new!r}: it applies from now on (no retraining)")
+        elif section in phases and phases.index(section) >= finished:
+            notes.append(f"{key} changed from {old!r} to {new!r}: the {section} phase had not finished, it continues "
+                         "with the new value")
+        elif key == "recipe.yaml":
+            raise SupportpruneError(f"{layout.recipe}: {old}; {advice}")
+        else:
+            why = f"the {section} phase has finished" if section in phases else "training depends on it"
+            raise SupportpruneError(f"{layout.root} holds a run made with {key}: {old!r}, not {new!r} ({why}); {advice}")
+    return has_checkpoint, notes
 
 
-def run_info(model_name: str) -> dict[str, Any]:
-    """run.json: the model and the versions it ran with."""
+def _finished_phases(layout: RunLayout, phases: int) -> int:
+    """How many of the run's phases have finished, from its checkpoint. Without one: none, unless models of a
+    finished run are there (their checkpoints deleted to free space); a damaged one: all, so that nothing
+    finished can be overwritten by other settings."""
+    try:
+        loaded = load_latest(layout.checkpoint)
+    except CheckpointError:
+        return phases
+    if loaded is None:
+        return phases if any(layout.root.glob("models/*.pt")) else 0
+    return min(phases, int(loaded[0]["run"].get("phase_index", 0)))
+
+
+def run_info(model_name: str, command: str = "compress") -> dict[str, Any]:
+    """run.json: the command and model that made the run, the command line, and the versions it ran with. Its
+    presence marks a directory as a supportprune run (``--restart`` moves only such a directory)."""
     import torch
     import torchvision
 
     return {
+        "command": command,
         "model": model_name,
+        "command_line": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "supportprune": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

@@ -19,26 +19,29 @@ from supportprune.run.context import RunContext
 from supportprune.run.distributed import cluster_device
 from supportprune.run.layout import RunLayout, prepare_run_dir, run_info
 from supportprune.run.reporter import Reporter
-from supportprune.run.run_aside import move_aside
+from supportprune.run.run_aside import move_run_aside
 from supportprune.run.run_state import RunState
 from supportprune.run.signals import stage
 from supportprune.run.sync_batch_norm import use_global_batch_statistics
 from supportprune.run.training_loop import choose_device, seed_everything
 
 
-def open_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, cluster, reporter: Reporter, restart: bool) -> bool:
+def open_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, cluster, reporter: Reporter, restart: bool,
+                 command: str = "compress", phases: tuple[str, ...] = ()) -> bool:
     """Rank 0 checks the directory; every rank learns the outcome (or the same error). True when resuming."""
     outcome = None
     if cluster.is_main:
         try:
             # --restart: the earlier run is renamed whole, so nothing of it (checkpoints, latency table,
             # models) can be resumed or reused, and nothing is lost.
-            moved = move_aside(layout.root) if restart else None
+            moved = move_run_aside(layout.root) if restart else None
             if moved is not None:
                 reporter.message(f"--restart: the earlier run in {layout.root} moved to {moved}")
-            resuming = prepare_run_dir(layout, recipe, model_name)
+            resuming, notes = prepare_run_dir(layout, recipe, model_name, command, phases)
+            for note in notes:
+                reporter.message(note)
             atomic_write_text(layout.recipe, recipe.to_yaml())
-            atomic_write_text(layout.run_info, json.dumps(run_info(model_name), indent=2))
+            atomic_write_text(layout.run_info, json.dumps(run_info(model_name, command), indent=2))
             outcome = ("ok", resuming)
         except SupportpruneError as error:
             outcome = ("error", str(error))
