@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import tempfile
 import traceback
@@ -25,6 +26,9 @@ app.add_typer(recipes_app, name="recipes")
 
 
 def _err(text: str) -> None:
+    # Under torchrun every process reports its own failure: the line says whose it is.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        text = f"rank {os.environ.get('RANK', '?')}: {text}"
     typer.echo(f"error: {text}", err=True)
 
 
