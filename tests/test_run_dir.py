@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from supportprune.cli import app
 from supportprune.inputs.recipe import PhaseConfig
-from supportprune.run.engine import _continue_with
 from supportprune.run.training_loop import make_optimizer, make_scheduler
 from tests.cli_helpers import one_line_error, write_recipe
 from tests.test_stops import RECIPE, trained  # noqa: F401 - the finished run fixture
@@ -43,6 +42,8 @@ def test_divergence_names_the_phase_and_its_lr_and_lowering_it_resumes(tmp_path)
 
 
 def test_a_resumed_phase_continues_with_its_changed_settings():
+    from supportprune.run.engine import _continue_with
+
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     old, new = PhaseConfig(epochs=2, lr=0.1, momentum=0.9), PhaseConfig(epochs=2, lr=0.02, momentum=0.5)
     optimizer = make_optimizer(model, old)
