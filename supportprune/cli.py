@@ -12,10 +12,31 @@ from typing import Callable, List, Optional
 
 import click
 import typer
+from typer.core import TyperGroup, TyperOption
 
 from supportprune.errors import StopRequested, SupportpruneError, UserCodeError, describe_unexpected, write_traceback
 
+def _type_unless_flag(option: TyperOption, ctx: click.Context) -> Optional[str]:
+    """Typer's help shows every option's type, ``<bool>`` for a flag (``--restart``, ``--int8/--no-int8``), which
+    takes no value: flags show none."""
+    return None if option.is_flag else _typer_display_type(option, ctx)
+
+
+_typer_display_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _type_unless_flag
+
+
+class _DebugAnywhere(TyperGroup):
+    """``--debug`` is accepted after the subcommand too (``supportprune compress resnet18 --debug``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--debug" in args:
+            args = ["--debug", *(arg for arg in args if arg != "--debug")]
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_DebugAnywhere,
     help="Compress pretrained CNNs with learned supports (Huang, Kong, Lucey 2017): Dense–Sparse–Dense with B-alternation.",
     no_args_is_help=True,
     add_completion=False,
@@ -166,6 +187,20 @@ def _model_args(pairs: List[str]) -> dict:
     return parsed
 
 
+# The input options of every command that builds a model from data, and the recipe keys they set: one map for all.
+INPUT_SIZE = typer.Option(None, "--input-size", help="image side in pixels")
+CHANNELS = typer.Option(None, "--channels", help="input channels the model reads (default: the data's)")
+MEAN = typer.Option(None, "--mean", help="normalisation mean, comma-separated")
+STD = typer.Option(None, "--std", help="normalisation std, comma-separated")
+MAX_STEPS = typer.Option(None, "--max-steps", help="cap training steps per epoch (a smaller budget; smoke tests)")
+
+
+def _input_overrides(input_size: Optional[int], channels: Optional[int], mean: Optional[str], std: Optional[str]) -> dict:
+    """``--input-size``, ``--channels``, ``--mean``, ``--std`` as recipe keys (None: not given)."""
+    return {"data.input_size": input_size, "data.channels": channels, "data.mean": _floats(mean, "--mean"),
+            "data.std": _floats(std, "--std")}
+
+
 MODEL_ARG_HELP = "keyword argument of the model factory (or torchvision builder), NAME=VALUE, value parsed as YAML; repeatable"
 
 
@@ -193,10 +228,10 @@ def compress(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/MODEL)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (overrides the recipe)"),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="image side in pixels"),
-    channels: Optional[int] = typer.Option(None, "--channels", help="input channels the model reads (default: the data's)"),
-    mean: Optional[str] = typer.Option(None, "--mean", help="normalisation mean, comma-separated"),
-    std: Optional[str] = typer.Option(None, "--std", help="normalisation std, comma-separated"),
+    input_size: Optional[int] = INPUT_SIZE,
+    channels: Optional[int] = CHANNELS,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="mini-batch size (the B-alternation mask is shared by a batch)"),
     granularity: Optional[str] = typer.Option(None, "--granularity", help="support unit: element or channel"),
     relative_threshold: Optional[float] = typer.Option(None, "--relative-threshold", help="Eq. 41's β as a multiple of each site's mean unit energy"),
@@ -211,14 +246,13 @@ def compress(
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
     int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="also export static-quantized int8 ONNX models, checked against fp32 and benchmarked (default: the recipe's export.int8)"),
     restart: bool = typer.Option(False, "--restart", help="start afresh: an earlier run in --out is moved aside to OUT.1 (OUT.2, ...), not resumed"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
+    max_steps: Optional[int] = MAX_STEPS,
 ) -> None:
     """Dense → Sparse (B-alternation; channels with zero support pruned) → re-Dense; export and benchmark baseline, sparse and dense ONNX models."""
     from supportprune.run.compress import compress as run_compress
 
     overrides = {
-        "data.source": data, "weights": weights, "seed": seed, "data.input_size": input_size,
-        "data.channels": channels, "data.mean": _floats(mean, "--mean"), "data.std": _floats(std, "--std"),
+        "data.source": data, "weights": weights, "seed": seed, **_input_overrides(input_size, channels, mean, std),
         "data.batch_size": batch_size, "sparse.granularity": granularity,
         "sparse.relative_threshold": relative_threshold, "sparse.target_macs": target_macs, "sparse.round_to": round_to,
         "sparse.concat_round_to": concat_round_to,
@@ -255,14 +289,18 @@ def train_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="mini-batch size"),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
     restart: bool = typer.Option(False, "--restart", help="start afresh: an earlier run in --out is moved aside to OUT.1 (OUT.2, ...), not resumed"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
+    input_size: Optional[int] = INPUT_SIZE,
+    channels: Optional[int] = CHANNELS,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    max_steps: Optional[int] = MAX_STEPS,
 ) -> None:
     """Train a model by alternating weights and supports (paper section 4.1), or with plain SGD: the same loop, seed and data order for all three."""
     from supportprune.run.compress import train
 
     overrides = {
         "data.source": data, "weights": weights, "seed": seed, "data.batch_size": batch_size,
-        "train.alternation": alternation, "train.epochs": epochs, "train.warmup_epochs": warmup_epochs,
+        **_input_overrides(input_size, channels, mean, std), "train.alternation": alternation, "train.epochs": epochs, "train.warmup_epochs": warmup_epochs,
         "train.gap_epochs": gap_epochs, "train.granularity": granularity, "train.relative_threshold": relative_threshold,
         "train.mask_storage": mask_storage, "train.mask_memory_mb": mask_memory_mb,
     }
@@ -291,13 +329,18 @@ def experiment(
     criteria: Optional[str] = typer.Option(None, "--criteria", help="with --weights: comma-separated criteria (default support and every torch-pruning importance)"),
     variant: Optional[List[str]] = typer.Option(None, "--variant", help="with --weights: the support with recipe keys changed, 'NAME: key=value key=value' (repeatable)"),
     allocations: str = typer.Option("global", "--allocations", help="with --weights: global (matched on MACs), latency (matched on predicted time), or both"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="cap training steps per epoch (a smaller fine-tuning budget; smoke tests)"),
+    input_size: Optional[int] = INPUT_SIZE,
+    channels: Optional[int] = CHANNELS,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    max_steps: Optional[int] = MAX_STEPS,
 ) -> None:
     """Measure the paper's claims with several seeds: Figure 3 and Table 7 (SGD vs I- vs B-alternation), Table 8 (DSD criteria), accuracy against MACs (support vs L1/L2/random); writes report.md with tables and plots. With --weights: every pruning criterion (support, its --variant ablations, the torch-pruning importances) from that trained model with the same budget, matched on MACs or predicted time, sparse models timed with ONNX Runtime. Resumes where it stopped."""
     from supportprune.experiment import ExperimentPlan, command_line, run_experiment
 
     _, resolved = _recipe_with_options(recipe or ("pretrained" if weights else "embedded"), model, data,
-                                       {"data.source": data, "train.epochs": epochs, "weights": weights}, model_arg)
+                                       {"data.source": data, "train.epochs": epochs, "weights": weights,
+                                        **_input_overrides(input_size, channels, mean, std)}, model_arg)
     kind = "criteria" if weights else "experiment"
     out = out or Path("results") / f"{kind}-{_run_name(model)}-{resolved.data.source.split(':')[0]}"
     reporter = RichReporter()
@@ -396,12 +439,12 @@ def bench(
     sizes = _ints(batch_sizes, "--batch-sizes")
     if len({path.stem for path in models}) < len(models):
         raise SupportpruneError("two models share a file name; rename one so the results can tell them apart")
+    if baseline is not None and baseline not in {path.stem for path in models}:  # before minutes of timing
+        raise SupportpruneError(f"--baseline {baseline!r} is none of the benchmarked models ({', '.join(p.stem for p in models)})")
     # Side by side: the timed runs of all models are interleaved, so their ratios do not depend on drift.
     with StopRequests(), stage("benchmarking"):
         results = benchmark_side_by_side([(path.stem, path) for path in models], batch_sizes=sizes, runs=runs,
                                          warmup=warmup, device=device, cuda_options={} if cuda_defaults else None)
-    if baseline is not None and baseline not in {r.model for r in results}:
-        raise SupportpruneError(f"--baseline {baseline!r} is none of the benchmarked models ({', '.join(p.stem for p in models)})")
     realised = realised_speedups(results, baseline) if baseline else []
     if results:
         typer.echo(f"ONNX Runtime provider: {results[0].provider}")

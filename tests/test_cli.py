@@ -88,6 +88,9 @@ def test_compress_outputs_are_consistent(finished_run):
     assert {(r["model"], r["precision"], r["batch_size"]) for r in bench["results"]} == {
         (k, p, b) for k in ("baseline", "sparse", "dense") for p in ("fp32", "fp16", "int8") for b in (1, 4)
     }
+    # One MAC count: the run's log and report (export.json) give the benchmark table's (from the ONNX graph).
+    assert {(r["model"], r["macs"]) for r in bench["results"] if r["precision"] == "fp32"} == {
+        (kind, models[kind]["macs"]) for kind in ("baseline", "sparse", "dense")}
     sparse_rows = [r for r in bench["realised"] if r["model"] == "sparse"]
     assert len(sparse_rows) == 6 and all(r["macs_reduction"] >= 1.0 for r in sparse_rows)
     # fp16 exports pick the fp32 model's class on at least 99% of the embedded validation images.

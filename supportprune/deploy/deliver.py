@@ -62,6 +62,7 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
     """Export each model to ONNX (fp32; fp16 and int8 too when the recipe asks). Reduced-precision exports
     record how often their top-1 agrees with the fp32 model's; int8 is calibrated on ``calibration_loader``
     (training images; the validation images when None) and warns below ``quantize.MIN_AGREEMENT``."""
+    from supportprune.deploy.benchmark import onnx_macs
     from supportprune.deploy.export import export_onnx
     from supportprune.deploy.quantize import agreement_warning, calibration_batches, onnx_top1_comparison, quantize_int8
 
@@ -71,7 +72,7 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
                    if recipe.export.int8 else None)
     summaries, export_record = [], {}
     for kind, model in models.items():
-        macs, params = count_macs_params(model, spec.example_input().to(device))
+        _, params = count_macs_params(model, spec.example_input().to(device))
         _, top1 = evaluate(model, val_loader, device)
         ready = export_ready(model).cpu()
         for fp16 in (False, True) if recipe.export.fp16 else (False,):
@@ -99,6 +100,8 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
                              f"{compared.top1:.2f}% (fp32 {compared.reference_top1:.2f}%)")
             if warning:
                 reporter.message(f"warning: {warning}")
+        # Counted from the exported graph, as the benchmark table counts them: the log, report and table agree.
+        macs = onnx_macs(layout.onnx(kind))
         reporter.message(f"{kind}: {params:,} parameters, {macs / 1e6:.1f} MMACs, top-1 {top1:.2f}%")
         summaries.append(ModelSummary(kind, params, macs, top1, layout.onnx(kind).name, export_record[kind]["max_abs_diff"]))
     atomic_write_text(layout.export_json, json.dumps({"models": [asdict(s) for s in summaries], "exports": export_record}, indent=2))

@@ -63,9 +63,23 @@ def _reader(input_name: str, batches: list[np.ndarray]):
     return BatchReader()
 
 
-def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, batches: list[np.ndarray]) -> Path:
+@dataclass(frozen=True)
+class Int8Options:
+    """How ``quantize_int8`` calibrates: ORT's calibration method (``minmax``, ``percentile``, ``entropy``), the
+    percentile (``percentile`` only), and whether the first convolution and the last layer stay in fp32 (ORT's
+    ``nodes_to_exclude``): the input (one channel, wide range) and the logits are what int8 rounds hardest."""
+
+    method: str = "minmax"
+    percentile: float = 99.999
+    keep_ends_fp32: bool = False
+    per_channel: bool = True
+
+
+def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, batches: list[np.ndarray],
+                  options: Int8Options = Int8Options()) -> Path:
     """Write the static QDQ INT8 quantization of the fp32 ONNX model at ``fp32_path`` to ``int8_path`` (atomically),
-    activation ranges calibrated on ``batches``. Raises SupportpruneError, leaving ``int8_path`` untouched, on failure."""
+    activation ranges calibrated on ``batches`` as ``options`` say. Raises SupportpruneError, leaving ``int8_path``
+    untouched, on failure."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -76,11 +90,14 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ba
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         try:
             quant_pre_process(str(fp32_path), str(prepared))
+            methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                       "entropy": CalibrationMethod.Entropy}
             quantize_static(
                 str(prepared), str(quantized), _reader(input_name, batches),
-                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                quant_format=QuantFormat.QDQ, per_channel=options.per_channel, reduce_range=False,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=methods[options.method], nodes_to_exclude=_end_nodes(prepared) if options.keep_ends_fp32 else [],
+                extra_options={"CalibPercentile": options.percentile} if options.method == "percentile" else {},
             )
         except Exception as error:  # the quantizer raises many types; its message is what the user needs
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -90,6 +107,16 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ba
             ) from error
         atomic_write_bytes(int8_path, quantized.read_bytes())
     return int8_path
+
+
+def _end_nodes(path: Path) -> list[str]:
+    """The first Conv and the last Gemm/MatMul of the graph at ``path`` (by graph order, which is topological)."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    first = next((n.name for n in nodes if n.op_type == "Conv"), None)
+    last = next((n.name for n in reversed(nodes) if n.op_type in ("Gemm", "MatMul", "Conv")), None)
+    return [name for name in dict.fromkeys([first, last]) if name]
 
 
 def agreement_warning(name: str, agreement: float, minimum: Optional[float] = None,
