@@ -25,11 +25,13 @@ from supportprune.inputs.recipe import recipe_from_dict  # noqa: E402
 
 OPTIONS = {
     "minmax": Int8Options(),
-    "minmax, ends fp32": Int8Options(keep_ends_fp32=True),
+    "minmax, ends fp32": Int8Options(fp32_layers=("first", "last")),
+    "minmax, first fp32": Int8Options(fp32_layers=("first",)),
+    "minmax, last fp32": Int8Options(fp32_layers=("last",)),
     "percentile 99.999": Int8Options(method="percentile", percentile=99.999),
     "percentile 99.99": Int8Options(method="percentile", percentile=99.99),
     "entropy": Int8Options(method="entropy"),
-    "percentile 99.999, ends fp32": Int8Options(method="percentile", percentile=99.999, keep_ends_fp32=True),
+    "percentile 99.999, ends fp32": Int8Options(method="percentile", percentile=99.999, fp32_layers=("first", "last")),
 }
 
 

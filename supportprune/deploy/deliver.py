@@ -64,13 +64,20 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
     (training images; the validation images when None) and warns below ``quantize.MIN_AGREEMENT``."""
     from supportprune.deploy.benchmark import onnx_macs
     from supportprune.deploy.export import export_onnx
-    from supportprune.deploy.quantize import agreement_warning, calibration_batches, onnx_top1_comparison, quantize_int8
+    from supportprune.deploy.quantize import (
+        INT8_OPTIONS,
+        agreement_warning,
+        calibration_batches,
+        onnx_top1_comparison,
+        quantize_int8,
+        run_warning,
+    )
 
     check_input = check_batch(val_loader, recipe.export.check_batch)
     calibration = (calibration_batches(val_loader if calibration_loader is None else calibration_loader,
                                        recipe.export.calibration_images)
                    if recipe.export.int8 else None)
-    summaries, export_record = [], {}
+    summaries, export_record, shortfalls = [], {}, []
     for kind, model in models.items():
         _, params = count_macs_params(model, spec.example_input().to(device))
         _, top1 = evaluate(model, val_loader, device)
@@ -89,7 +96,7 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
                 f", fp16 top-1 agrees with fp32 on {100 * record['top1_agreement_with_fp32']:.2f}%" if fp16 else ""))
         if calibration is not None:
             with stage(f"int8 calibration of {layout.onnx(kind).name}"):
-                path = quantize_int8(layout.onnx(kind), layout.onnx(kind, int8=True), calibration)
+                path = quantize_int8(layout.onnx(kind), layout.onnx(kind, int8=True), calibration, INT8_OPTIONS)
             compared = onnx_top1_comparison(ready, path, val_loader, recipe.export.agreement_images)
             agreement = compared.agreement
             warning = agreement_warning(path.name, agreement, top1=compared.top1, reference_top1=compared.reference_top1)
@@ -99,11 +106,13 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
             reporter.message(f"exported {path.name}: int8 top-1 agrees with fp32 on {100 * agreement:.2f}%; top-1 "
                              f"{compared.top1:.2f}% (fp32 {compared.reference_top1:.2f}%)")
             if warning:
-                reporter.message(f"warning: {warning}")
+                shortfalls.append((kind, agreement, compared.top1, compared.reference_top1))
         # Counted from the exported graph, as the benchmark table counts them: the log, report and table agree.
         macs = onnx_macs(layout.onnx(kind))
         reporter.message(f"{kind}: {params:,} parameters, {macs / 1e6:.1f} MMACs, top-1 {top1:.2f}%")
         summaries.append(ModelSummary(kind, params, macs, top1, layout.onnx(kind).name, export_record[kind]["max_abs_diff"]))
+    if shortfalls:  # one line for the run, not one per model
+        reporter.message(f"warning: {run_warning(shortfalls)}")
     atomic_write_text(layout.export_json, json.dumps({"models": [asdict(s) for s in summaries], "exports": export_record}, indent=2))
     return summaries
 
