@@ -92,7 +92,8 @@ def test_compress_outputs_are_consistent(finished_run):
     assert {(r["model"], r["macs"]) for r in bench["results"] if r["precision"] == "fp32"} == {
         (kind, models[kind]["macs"]) for kind in ("baseline", "sparse", "dense")}
     sparse_rows = [r for r in bench["realised"] if r["model"] == "sparse"]
-    assert len(sparse_rows) == 6 and all(r["macs_reduction"] >= 1.0 for r in sparse_rows)
+    assert len(sparse_rows) == 6  # the MACs reduction is the baseline's MACs over the sparse model's, in every precision
+    assert all(r["macs_reduction"] == pytest.approx(models["baseline"]["macs"] / models["sparse"]["macs"]) for r in sparse_rows)
     # fp16 exports pick the fp32 model's class on at least 99% of the embedded validation images.
     for kind in ("baseline", "sparse", "dense"):
         assert exported["exports"][f"{kind}.fp16"]["top1_agreement_with_fp32"] >= 0.99
@@ -268,21 +269,6 @@ def test_an_unreadable_checkpoint_is_an_error_not_a_silent_fallback(tmp_path, fi
     result = _compress(tmp_path, out)
     one_line_error(result, str(last), "Permission denied")
     assert "resuming" not in result.output
-
-
-def test_a_full_disk_says_so_and_that_the_run_resumes(tmp_path, monkeypatch):
-    import errno
-    import os
-
-    import supportprune.run.compress
-
-    def full_disk(*args, **kwargs):  # as the first checkpoint write on a full disk fails
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "checkpoints" / "last.pt"))
-
-    monkeypatch.setattr(supportprune.run.compress, "compress", full_disk)
-    result = _compress(tmp_path, tmp_path / "out")
-    one_line_error(result, "out of disk space writing", "last.pt", "run the same command again")
-    assert "bug in supportprune" not in result.output
 
 
 def test_help_of_every_command():

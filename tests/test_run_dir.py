@@ -123,3 +123,28 @@ class _Stop(BaseException):
 
 def _stop(*args, **kwargs):
     raise _Stop()
+
+
+def test_a_full_disk_says_so_and_the_same_command_then_resumes(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import supportprune.run.checkpoint as checkpoint
+
+    real, writes = checkpoint.atomic_write_bytes, []
+
+    def full_at_the_second_write(path, data):
+        writes.append(path)
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "atomic_write_bytes", full_at_the_second_write)
+        failed = _run(tmp_path, out)
+    one_line_error(failed, "out of disk space writing", "run the same command again")
+    assert "bug in supportprune" not in failed.output
+    resumed = _run(tmp_path, out)  # space freed: the same command
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and _phases(out) == [("dense", 1), ("sparse", 1), ("redense", 1)]
