@@ -30,6 +30,15 @@ from supportprune.method.pruning import count_macs_params
 from supportprune.inputs.recipe import REVIVALS, SparseConfig
 from supportprune.method.convert import export_ready
 from supportprune.method.support import kept_channel_counts
+from supportprune.method.criteria.importance import WEIGHT_IMPORTANCES
+
+
+# What prune() can score from the model alone or from the masks start_sparse records; taylor and hessian need the
+# gradients the CLI's Sparse step observes, and magnitude prunes weights, not channels.
+API_CRITERIA = ("support", "random", *WEIGHT_IMPORTANCES)
+_UNAVAILABLE = {"taylor": "it needs gradients observed by the CLI's Sparse step",
+                "hessian": "it needs gradients observed by the CLI's Sparse step",
+                "magnitude": "it prunes single weights, not channels"}
 
 
 class SupportPruner:
@@ -40,7 +49,7 @@ class SupportPruner:
     a multiple of each site's mean unit energy, for the training masks), ``granularity`` (``channel`` or
     ``element``), ``round_to`` (kept channel counts are multiples of it), ``concat_round_to`` (channels that reach a
     concatenation are multiples of it too, as in the shipped recipes; None: only ``round_to``), ``criterion`` (``support`` or a
-    channel baseline such as ``l1``).
+    channel baseline scored from the weights: ``API_CRITERIA``).
     """
 
     def __init__(self, model: nn.Module, example_input: Tensor, *, target_macs: float | None = 0.5,
@@ -52,6 +61,10 @@ class SupportPruner:
                                        criterion=criterion)
         except ValueError as error:
             raise SupportpruneError(f"SupportPruner: {error}") from None
+        if criterion not in API_CRITERIA:  # checked here, not when prune() is first called
+            raise SupportpruneError(
+                f"SupportPruner: criterion {criterion!r} is not available here ({_UNAVAILABLE.get(criterion, 'unknown')}); "
+                f"use one of {', '.join(API_CRITERIA)}, or `supportprune compress --criterion {criterion}`")
         self.example_input = example_input.detach()
         self.seed = seed
         self.model = convert_relus(model, self.example_input)

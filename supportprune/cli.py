@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import tempfile
 import traceback
@@ -11,10 +12,31 @@ from typing import Callable, List, Optional
 
 import click
 import typer
+from typer.core import TyperGroup, TyperOption
 
-from supportprune.errors import SupportpruneError, UserCodeError, describe_unexpected, write_traceback
+from supportprune.errors import StopRequested, SupportpruneError, UserCodeError, describe_unexpected, write_traceback
+
+def _type_unless_flag(option: TyperOption, ctx: click.Context) -> Optional[str]:
+    """Typer's help shows every option's type, ``<bool>`` for a flag (``--restart``, ``--int8/--no-int8``), which
+    takes no value: flags show none."""
+    return None if option.is_flag else _typer_display_type(option, ctx)
+
+
+_typer_display_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _type_unless_flag
+
+
+class _DebugAnywhere(TyperGroup):
+    """``--debug`` is accepted after the subcommand too (``supportprune compress resnet18 --debug``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--debug" in args:
+            args = ["--debug", *(arg for arg in args if arg != "--debug")]
+        return super().parse_args(ctx, args)
+
 
 app = typer.Typer(
+    cls=_DebugAnywhere,
     help="Compress pretrained CNNs with learned supports (Huang, Kong, Lucey 2017): Dense–Sparse–Dense with B-alternation.",
     no_args_is_help=True,
     add_completion=False,
@@ -25,6 +47,9 @@ app.add_typer(recipes_app, name="recipes")
 
 
 def _err(text: str) -> None:
+    # Under torchrun every process reports its own failure: the line says whose it is.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        text = f"rank {os.environ.get('RANK', '?')}: {text}"
     typer.echo(f"error: {text}", err=True)
 
 
@@ -71,6 +96,9 @@ def friendly_errors(command: Callable) -> Callable:
                 _ErrorLog.record(error)
             _err(str(error).replace("\n", " "))
             raise typer.Exit(getattr(error, "exit_code", 1))
+        except StopRequested as stop:
+            _err(str(stop))
+            raise typer.Exit(stop.exit_code)
         except KeyboardInterrupt:
             _err("interrupted; run the same command again to resume from the last checkpoint")
             raise typer.Exit(130)
@@ -179,6 +207,15 @@ def _model_args(pairs: List[str]) -> dict:
     return parsed
 
 
+# The input options of every command that builds a model from data, and the recipe keys they set: one map for all.
+INPUT_SIZE = typer.Option(None, "--input-size", help="image side in pixels")
+CHANNELS = typer.Option(None, "--channels", help="input channels the model reads (default: the data's)")
+MEAN = typer.Option(None, "--mean", help="normalisation mean, comma-separated")
+STD = typer.Option(None, "--std", help="normalisation std, comma-separated")
+MAX_STEPS = typer.Option(None, "--max-steps", help="cap training steps per epoch (a smaller budget; smoke tests)")
+
+
+
 MODEL_ARG_HELP = "keyword argument of the model factory (or torchvision builder), NAME=VALUE, value parsed as YAML; repeatable"
 
 
@@ -206,10 +243,10 @@ def compress(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/MODEL)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (overrides the recipe)"),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="image side in pixels"),
-    channels: Optional[int] = typer.Option(None, "--channels", help="input channels the model reads (default: the data's)"),
-    mean: Optional[str] = typer.Option(None, "--mean", help="normalisation mean, comma-separated"),
-    std: Optional[str] = typer.Option(None, "--std", help="normalisation std, comma-separated"),
+    input_size: Optional[int] = INPUT_SIZE,
+    channels: Optional[int] = CHANNELS,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="mini-batch size (the B-alternation mask is shared by a batch)"),
     granularity: Optional[str] = typer.Option(None, "--granularity", help="support unit: element or channel"),
     relative_threshold: Optional[float] = typer.Option(None, "--relative-threshold", help="Eq. 41's β as a multiple of each site's mean unit energy"),
@@ -224,7 +261,7 @@ def compress(
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
     int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="also export static-quantized int8 ONNX models, checked against fp32 and benchmarked (default: the recipe's export.int8)"),
     restart: bool = typer.Option(False, "--restart", help="start afresh: an earlier run in --out is moved aside to OUT.1 (OUT.2, ...), not resumed"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
+    max_steps: Optional[int] = MAX_STEPS,
 ) -> None:
     """Dense → Sparse (B-alternation; channels with zero support pruned) → re-Dense; export and benchmark baseline, sparse and dense ONNX models."""
     from supportprune.pipelines.compress import compress as run_compress
@@ -261,11 +298,16 @@ def train_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="mini-batch size"),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help=MODEL_ARG_HELP),
     restart: bool = typer.Option(False, "--restart", help="start afresh: an earlier run in --out is moved aside to OUT.1 (OUT.2, ...), not resumed"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True, help="cap training steps per epoch (smoke tests)"),
+    input_size: Optional[int] = INPUT_SIZE,
+    channels: Optional[int] = CHANNELS,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    max_steps: Optional[int] = MAX_STEPS,
 ) -> None:
     """Train a model by alternating weights and supports (paper section 4.1), or with plain SGD: the same loop, seed and data order for all three."""
     from supportprune.pipelines.train import train
 
+    mean, std = _floats(mean, "--mean"), _floats(std, "--std")
     overrides = _recipe_overrides(locals(), phase="train")
     recipe_path, resolved = _recipe_with_options(recipe, model, data, overrides, model_arg)
     out_dir = out or Path("runs") / f"train-{_run_name(model)}-{resolved.train.alternation}"
@@ -292,11 +334,16 @@ def experiment(
     criteria: Optional[str] = typer.Option(None, "--criteria", help="with --weights: comma-separated criteria (default support and every torch-pruning importance)"),
     variant: Optional[List[str]] = typer.Option(None, "--variant", help="with --weights: the support with recipe keys changed, 'NAME: key=value key=value' (repeatable)"),
     allocations: str = typer.Option("global", "--allocations", help="with --weights: global (matched on MACs), latency (matched on predicted time), or both"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="cap training steps per epoch (a smaller fine-tuning budget; smoke tests)"),
+    input_size: Optional[int] = INPUT_SIZE,
+    channels: Optional[int] = CHANNELS,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    max_steps: Optional[int] = MAX_STEPS,
 ) -> None:
     """Measure the paper's claims with several seeds: Figure 3 and Table 7 (SGD vs I- vs B-alternation), Table 8 (DSD criteria), accuracy against MACs (support vs L1/L2/random); writes report.md with tables and plots. With --weights: every pruning criterion (support, its --variant ablations, the torch-pruning importances) from that trained model with the same budget, matched on MACs or predicted time, sparse models timed with ONNX Runtime. Resumes where it stopped."""
     from supportprune.pipelines.experiment import ExperimentPlan, command_line, run_experiment
 
+    mean, std = _floats(mean, "--mean"), _floats(std, "--std")
     _, resolved = _recipe_with_options(recipe or ("pretrained" if weights else "embedded"), model, data,
                                        _recipe_overrides(locals(), phase="train"), model_arg)
     kind = "criteria" if weights else "experiment"
@@ -375,15 +422,17 @@ def bench(
 
     fp16 models (exported with export.fp16) are fed fp16 inputs. On a GPU the input is bound on the device."""
     from supportprune.deploy.benchmark import benchmark_side_by_side, realised_markdown, realised_speedups, results_markdown, write_benchmark
+    from supportprune.run.signals import StopRequests, stage
 
     sizes = _ints(batch_sizes, "--batch-sizes")
     if len({path.stem for path in models}) < len(models):
         raise SupportpruneError("two models share a file name; rename one so the results can tell them apart")
-    # Side by side: the timed runs of all models are interleaved, so their ratios do not depend on drift.
-    results = benchmark_side_by_side([(path.stem, path) for path in models], batch_sizes=sizes, runs=runs,
-                                     warmup=warmup, device=device, cuda_options={} if cuda_defaults else None)
-    if baseline is not None and baseline not in {r.model for r in results}:
+    if baseline is not None and baseline not in {path.stem for path in models}:  # before minutes of timing
         raise SupportpruneError(f"--baseline {baseline!r} is none of the benchmarked models ({', '.join(p.stem for p in models)})")
+    # Side by side: the timed runs of all models are interleaved, so their ratios do not depend on drift.
+    with StopRequests(), stage("benchmarking"):
+        results = benchmark_side_by_side([(path.stem, path) for path in models], batch_sizes=sizes, runs=runs,
+                                         warmup=warmup, device=device, cuda_options={} if cuda_defaults else None)
     realised = realised_speedups(results, baseline) if baseline else []
     if results:
         typer.echo(f"ONNX Runtime provider: {results[0].provider}")

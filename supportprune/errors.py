@@ -25,6 +25,16 @@ class SupportpruneError(Exception):
     exit_code = 1
 
 
+class StopRequested(BaseException):
+    """SIGINT or SIGTERM outside a training step: raised by the signal handler wherever the run is, so a stop is
+    obeyed at once. A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on the way (a
+    quantizer's, the user's code's) can swallow it or call it an error."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class UserCodeError(SupportpruneError):
     """The user's own code (a model factory, a model's ``forward``) raised; the original exception is the
     ``__cause__`` and its traceback goes to the log."""

@@ -193,6 +193,27 @@ def test_layer_model_is_the_layer_at_the_given_widths():
     assert session.run(None, {"input": np.ones((3, 32), np.float16)})[0].shape == (3, 10)
 
 
+def test_each_entry_is_the_layers_time_less_the_fixed_cost_of_a_run_never_below_zero(monkeypatch):
+    import supportprune.deploy.latency_table as latency_table
+
+    # Stand-ins: a run of the no-work model takes 4 ms; a layer from in to out channels in * out * 0.1 ms.
+    monkeypatch.setattr(latency_table, "_no_work_model_bytes", lambda shape, in_width, precision: b"no work")
+    monkeypatch.setattr(latency_table, "layer_model_bytes", lambda shape, i, o, precision="fp32": f"{i} {o}".encode())
+
+    def timed(model, x, providers, runs, warmup):
+        if model == b"no work":
+            return 4e-3
+        in_width, out_width = map(int, model.decode().split())
+        return in_width * out_width * 1e-4
+
+    monkeypatch.setattr(latency_table, "_time_model", timed)
+    shapes = {"conv": LayerShape("conv", "conv", 8, 8, kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), input_size=(4, 4))}
+    grid = measure_latency_table(shapes, batch_size=1, round_to=4, device="cpu", runs=1, warmup=0).layers["conv"]
+    assert grid.in_widths == grid.out_widths == (4, 8)
+    # 4x4: 1.6 ms - 4 ms < 0, so 0; 4x8 and 8x4: 3.2 ms - 4 ms, 0; 8x8: 6.4 ms - 4 ms = 2.4 ms.
+    assert [list(row) for row in grid.seconds] == [[0.0, 0.0], [0.0, pytest.approx(2.4e-3)]]
+
+
 def test_measured_table_covers_every_layer_and_round_trips(tmp_path):
     model, example = _converted(TinyResNet(width=8), size=8)
     shapes = layer_shapes(model, example)
@@ -204,7 +225,8 @@ def test_measured_table_covers_every_layer_and_round_trips(tmp_path):
     assert table.layers["block1.conv1"] is table.layers["block2.conv2"]
     assert table.layers["block1.conv1"].in_widths == (4, 8) and table.layers["stem"].in_widths == (1,)
     assert calls[-1][0] == calls[-1][1] == len(calls)
-    assert all(s >= 0 for grid in table.layers.values() for row in grid.seconds for s in row)
+    assert all(len(grid.seconds) == len(grid.in_widths) and all(len(row) == len(grid.out_widths) for row in grid.seconds)
+               for grid in table.layers.values())
     assert table("stem", 1, 8) == table.layers["stem"].seconds[0][-1]
     table.save(tmp_path / "t.json")
     assert LatencyTable.load(tmp_path / "t.json") == table

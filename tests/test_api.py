@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import onnx
+import pytest
 import torch
 
 from supportprune import SupportPruner
@@ -47,3 +48,23 @@ def test_pruner_sparse_model_equals_masked_model_and_redense_restores_width():
         if isinstance(module, torch.nn.Conv2d):
             assert torch.equal(module.weight, before[name]), name
     assert all(kept == total for kept, total in pruner.kept_channels().values())
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "hessian", "magnitude"])
+def test_criteria_prune_cannot_use_are_refused_at_construction(criterion):
+    from supportprune.errors import SupportpruneError
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    with pytest.raises(SupportpruneError, match=f"criterion '{criterion}'"):
+        SupportPruner(model, example_input=torch.randn(2, 3, 8, 8), criterion=criterion)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "random"])
+def test_weight_criteria_prune_through_the_api(criterion):
+    import torchvision
+
+    pruner = SupportPruner(torchvision.models.resnet18(num_classes=10), example_input=torch.randn(2, 3, 32, 32),
+                           criterion=criterion)
+    pruner.start_sparse()
+    result = pruner.prune()
+    assert result.macs <= 0.5 * pruner.baseline_macs * 1.05

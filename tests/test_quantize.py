@@ -1,6 +1,7 @@
 """INT8 export: static QDQ quantization keeps float I/O and per-channel int8 weights, calibrates on the images it
 is given, agrees with fp32, and says so (a warning in the output and export.json) when it does not."""
 
+import copy
 import json
 
 import numpy as np
@@ -14,7 +15,14 @@ from supportprune.pipelines.deliver import export_models
 from supportprune.store.layout import RunLayout
 from supportprune.deploy.export import export_onnx
 from supportprune.inputs.models import ModelSpec
-from supportprune.deploy.quantize import agreement_warning, calibration_batches, onnx_top1_agreement, quantize_int8
+from supportprune.deploy.quantize import (
+    agreement_warning,
+    calibration_batches,
+    onnx_top1_agreement,
+    onnx_top1_comparison,
+    quantize_int8,
+)
+from supportprune.method.convert import export_ready
 from supportprune.inputs.recipe import ExportConfig, Recipe
 from tests.tiny_models import TinyResNet
 
@@ -122,14 +130,18 @@ def test_export_models_records_int8_agreement_and_warns_below_the_bound(tmp_path
     layout = RunLayout(tmp_path)
     reporter = _Messages()
     spec = ModelSpec("tiny", 10, 1, 12)
-    export_models(spec, {"baseline": _trained_free_model()}, recipe, layout, _loader(48), "cpu", reporter,
-                  calibration_loader=_loader(64, seed=2))
+    model = _trained_free_model()
+    export_models(spec, {"baseline": model, "dense": copy.deepcopy(model)}, recipe, layout, _loader(48), "cpu",
+                  reporter, calibration_loader=_loader(64, seed=2))
     record = json.loads(layout.export_json.read_text())["exports"]["baseline.int8"]
     assert (tmp_path / "baseline.int8.onnx").is_file() and record["calibration_images"] == 32
-    assert 0.0 <= record["top1_agreement_with_fp32"] <= 1.0
+    # What is recorded is the comparison on the first agreement_images validation images, made again here.
+    again = onnx_top1_comparison(export_ready(model), tmp_path / "baseline.int8.onnx", _loader(48), 48)
+    assert (record["top1_agreement_with_fp32"], record["top1"]) == (again.agreement, again.top1)
     warnings = [line for line in reporter.lines if line.startswith("warning: ")]
-    if warned:
-        assert record["warning"] and warnings == [f"warning: {record['warning']}"]
+    if warned:  # one line for the run, naming each model that fell short
+        assert record["warning"] and len(warnings) == 1
+        assert f"{100 * record['top1_agreement_with_fp32']:.1f}% (baseline)" in warnings[0] and "(dense)" in warnings[0]
         assert f"{100 * record['top1_agreement_with_fp32']:.2f}%" in record["warning"]
     else:
         assert record["warning"] is None and not warnings

@@ -97,7 +97,7 @@ def test_a_second_restart_takes_the_next_free_name(tmp_path):
 def test_compress_restart_leaves_no_latency_table_checkpoint_or_model_behind(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
     out = tmp_path / "x"
-    for name in ("checkpoints/last.pt", "checkpoints/last.pt.previous", "latency-table.json", "models/sparse.pt"):
+    for name in ("run.json", "checkpoints/last.pt", "checkpoints/last.pt.previous", "latency-table.json", "models/sparse.pt"):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(f"earlier run: {name}")
     earlier = _digests(out)

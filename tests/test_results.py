@@ -79,10 +79,11 @@ def test_compress_and_train_set_the_keys_they_always_set():
                 "data.batch_size", "sparse.granularity", "sparse.relative_threshold", "sparse.target_macs",
                 "sparse.round_to", "sparse.concat_round_to", "sparse.criterion", "sparse.alternation",
                 "sparse.allocation", "sparse.target_latency", "sparse.latency_table", "export.int8"}
-    train = {"data.source", "weights", "seed", "data.batch_size", "train.alternation", "train.epochs",
+    inputs = {"data.input_size", "data.channels", "data.mean", "data.std"}  # train and experiment since issue #21
+    train = inputs | {"data.source", "weights", "seed", "data.batch_size", "train.alternation", "train.epochs",
              "train.warmup_epochs", "train.gap_epochs", "train.granularity", "train.relative_threshold",
              "train.mask_storage", "train.mask_memory_mb"}
     for command, phase, expected in ((cli.compress, "sparse", compress), (cli.train_command, "train", train),
-                                     (cli.experiment, "train", {"data.source", "train.epochs", "weights"})):
+                                     (cli.experiment, "train", inputs | {"data.source", "train.epochs", "weights"})):
         options = {name: 1 for name in inspect.signature(command).parameters}
         assert set(cli._recipe_overrides(options, phase)) == expected, command.__name__

@@ -63,9 +63,26 @@ def _reader(input_name: str, batches: list[np.ndarray]):
     return BatchReader()
 
 
-def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, batches: list[np.ndarray]) -> Path:
+@dataclass(frozen=True)
+class Int8Options:
+    """How ``quantize_int8`` calibrates: ORT's calibration method (``minmax``, ``percentile``, ``entropy``), the
+    percentile (``percentile`` only), and which layers stay in fp32 (ORT's ``nodes_to_exclude``): ``first``, the
+    first convolution (it reads the raw input), ``last``, the layer that writes the logits."""
+
+    method: str = "minmax"
+    percentile: float = 99.999
+    fp32_layers: tuple[str, ...] = ()
+    per_channel: bool = True
+
+
+INT8_OPTIONS = Int8Options()  # what runs use; the alternatives measured: benchmarks/results/2026-12-04-int8-calibration.md
+
+
+def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, batches: list[np.ndarray],
+                  options: Int8Options = Int8Options()) -> Path:
     """Write the static QDQ INT8 quantization of the fp32 ONNX model at ``fp32_path`` to ``int8_path`` (atomically),
-    activation ranges calibrated on ``batches``. Raises SupportpruneError, leaving ``int8_path`` untouched, on failure."""
+    activation ranges calibrated on ``batches`` as ``options`` say. Raises SupportpruneError, leaving ``int8_path``
+    untouched, on failure."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -76,11 +93,14 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ba
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         try:
             quant_pre_process(str(fp32_path), str(prepared))
+            methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                       "entropy": CalibrationMethod.Entropy}
             quantize_static(
                 str(prepared), str(quantized), _reader(input_name, batches),
-                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                quant_format=QuantFormat.QDQ, per_channel=options.per_channel, reduce_range=False,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=methods[options.method], nodes_to_exclude=_end_nodes(prepared, options.fp32_layers),
+                extra_options={"CalibPercentile": options.percentile} if options.method == "percentile" else {},
             )
         except Exception as error:  # the quantizer raises many types; its message is what the user needs
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -90,6 +110,19 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ba
             ) from error
         atomic_write_bytes(int8_path, quantized.read_bytes())
     return int8_path
+
+
+def _end_nodes(path: Path, which: tuple[str, ...]) -> list[str]:
+    """Of the graph at ``path`` (in graph order, which is topological): the first Conv (``first``) and the last
+    Gemm/MatMul/Conv (``last``)."""
+    import onnx
+
+    if not which:
+        return []
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    ends = {"first": next((n.name for n in nodes if n.op_type == "Conv"), None),
+            "last": next((n.name for n in reversed(nodes) if n.op_type in ("Gemm", "MatMul", "Conv")), None)}
+    return [name for name in dict.fromkeys(ends[end] for end in which) if name]
 
 
 def agreement_warning(name: str, agreement: float, minimum: Optional[float] = None,
@@ -111,6 +144,22 @@ def agreement_warning(name: str, agreement: float, minimum: Optional[float] = No
             text += (f"; int8 top-1 {top1:.2f}% against fp32's {reference_top1:.2f}% on the same images: the two "
                      "disagree on images near a decision boundary, in both directions, rather than losing accuracy")
     return text + "; to agree more, raise export.calibration_images, or deploy the fp32 model (export.int8: false skips int8)"
+
+
+def run_warning(shortfalls: list[tuple[str, float, float, float]], minimum: Optional[float] = None) -> Optional[str]:
+    """One warning line for a run's int8 models whose agreement fell short: ``shortfalls`` holds (model,
+    agreement, int8 top-1, fp32 top-1 on the same images) of each; None when there are none."""
+    if not shortfalls:
+        return None
+    minimum = MIN_AGREEMENT if minimum is None else minimum
+    shares = ", ".join(f"{100 * agreement:.1f}% ({name})" for name, agreement, _, _ in shortfalls)
+    losing = [f"{name} {reference - top1:.2f} points" for name, _, top1, reference in shortfalls
+              if reference - top1 > MAX_TOP1_LOSS]
+    cost = (f"int8 loses top-1: {', '.join(losing)}" if losing else
+            f"each int8 model's top-1 is within {MAX_TOP1_LOSS:g} point of fp32's: they differ on images near a "
+            "decision boundary, not in accuracy")
+    return (f"int8 top-1 agrees with fp32 on {shares} of the validation images, under the {100 * minimum:.0f}% asked; "
+            f"{cost}; deploy fp32 where every prediction must match (export.int8: false skips int8)")
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,27 @@ from supportprune.inputs.datasets import DataSplits, _check_norm, _resolve_chann
 # ---------------------------------------------------------------------------
 
 
+class DataFileError(SupportpruneError):
+    """An image file of the user's data that cannot be read. Raised in a DataLoader worker, it comes back as
+    ``DataFileError("Caught DataFileError in DataLoader worker process N. Original Traceback ...")``: the message
+    is then taken from the traceback's last line, so the user still reads one line naming the file."""
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            message = message.strip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
 def _open_image(path: str, mode: str):
     from PIL import Image
 
-    with Image.open(path) as image:
-        return image.convert(mode)
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except Exception as error:  # PIL raises several types for damaged files; any of them is the file's
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataFileError(f"image {path} cannot be read ({type(error).__name__}: {detail[:200]}): the data is at "
+                            "fault, not supportprune; replace or remove the file and run the same command again") from None
 
 
 class _FolderImages(_Seedable, Dataset):

@@ -333,10 +333,29 @@ def recipe_from_dict(raw: Any, origin: str = "<recipe>") -> Recipe:
 def same_recipe(path: str | Path, recipe: Recipe) -> bool:
     """Whether the recipe saved at ``path`` (a run's recipe.yaml) is ``recipe``. Compared after loading, so a run
     written before an option existed still matches when the option is at its default."""
+    return not recipe_differences(path, recipe)
+
+
+def recipe_differences(path: str | Path, recipe: Recipe) -> list[tuple[str, Any, Any]]:
+    """The keys (dotted, ``sparse.lr``) whose value differs between the recipe saved at ``path`` (a run's
+    recipe.yaml) and ``recipe``, with the saved and the new value; compared as ``same_recipe`` compares. A saved
+    recipe that no longer loads differs as a whole (key ``recipe.yaml``)."""
     try:
-        return with_resolved_preprocessing(load_recipe(path)).to_yaml() == with_resolved_preprocessing(recipe).to_yaml()
-    except RecipeError:
-        return False
+        saved = _flat(with_resolved_preprocessing(load_recipe(path)).to_dict())
+    except RecipeError as error:
+        return [("recipe.yaml", str(error), None)]
+    new = _flat(with_resolved_preprocessing(recipe).to_dict())
+    return [(key, saved.get(key), new.get(key)) for key in dict.fromkeys([*saved, *new]) if saved.get(key) != new.get(key)]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "model_args":
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def with_resolved_preprocessing(recipe: Recipe) -> Recipe:

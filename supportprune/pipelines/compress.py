@@ -45,8 +45,9 @@ def compress(
     models. ``deliver=False`` stops after training (no export, benchmark or report: ``experiment`` takes the
     metrics, also written to result.json for its reuse)."""
     recipe = with_resolved_preprocessing(recipe)  # recipe.yaml and the report say exactly how images were prepared
-    with opened_run(model_name, recipe, out_dir, device=device, restart=restart, reporter=reporter,
-                    max_steps=max_steps_per_epoch) as run:
+    phases = (DensePhase.name, SparsePhase.name, RedensePhase.name)  # the recipe sections this command trains
+    with opened_run(model_name, recipe, out_dir, command="compress", phases=phases, device=device, restart=restart,
+                    reporter=reporter, max_steps=max_steps_per_epoch) as run:
         context = run.context
         sparse = SparsePhase(context)  # re-Dense revives what Sparse pruned (redense.revive: restore)
         run.run_phases([DensePhase(context), sparse, RedensePhase(context, sparse)])

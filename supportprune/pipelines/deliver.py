@@ -27,6 +27,7 @@ from supportprune.store.layout import RunLayout
 from supportprune.store.reporter import Reporter
 from supportprune.reports.run_report import write_report
 from supportprune.run.context import RunContext
+from supportprune.run.signals import stage
 from supportprune.run.training_loop import evaluate
 
 MODEL_KINDS = ("baseline", "sparse", "dense")
@@ -48,11 +49,15 @@ def deliver_run(context: RunContext) -> tuple[list[ModelSummary], list[Any]]:
     # Each rank validated on its shard; the exported models are checked on the whole validation set.
     full_val = context.val_loader if not context.cluster.distributed else recipe_loaders(
         recipe.data, recipe.seed, context.data)[2]
-    spec, models = load_run_models(layout, context.device)
-    summaries = export_models(spec, models, recipe, layout, full_val, context.device, reporter, context.train_loader)
-    bench = benchmark_models(recipe, layout, reporter)
+    with stage("export"):
+        spec, models = load_run_models(layout, context.device)
+        summaries = export_models(spec, models, recipe, layout, full_val, context.device, reporter, context.train_loader)
+    with stage("benchmarking"):
+        bench = benchmark_models(recipe, layout, reporter)
     seconds = time.perf_counter() - context.started
-    write_report(layout, context.model_name, recipe, context.data.description, summaries, bench, context.state, seconds)
+    with stage("writing the report"):
+        write_report(layout, context.model_name, recipe, context.data.description, summaries, bench, context.state,
+                     seconds)
     reporter.message(f"report: {layout.report}")
     return summaries, bench
 
@@ -82,22 +87,31 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
     """Export each model to ONNX (fp32; fp16 and int8 too when the recipe asks). Reduced-precision exports
     record how often their top-1 agrees with the fp32 model's; int8 is calibrated on ``calibration_loader``
     (training images; the validation images when None) and warns below ``quantize.MIN_AGREEMENT``."""
+    from supportprune.deploy.benchmark import onnx_macs
     from supportprune.deploy.export import export_onnx
-    from supportprune.deploy.quantize import agreement_warning, calibration_batches, onnx_top1_comparison, quantize_int8
+    from supportprune.deploy.quantize import (
+        INT8_OPTIONS,
+        agreement_warning,
+        calibration_batches,
+        onnx_top1_comparison,
+        quantize_int8,
+        run_warning,
+    )
 
     check_input = check_batch(val_loader, recipe.export.check_batch)
     calibration = (calibration_batches(val_loader if calibration_loader is None else calibration_loader,
                                        recipe.export.calibration_images)
                    if recipe.export.int8 else None)
-    summaries, export_record = [], {}
+    summaries, export_record, shortfalls = [], {}, []
     for kind, model in models.items():
-        macs, params = count_macs_params(model, spec.example_input().to(device))
+        _, params = count_macs_params(model, spec.example_input().to(device))
         _, top1 = evaluate(model, val_loader, device)
         ready = export_ready(model).cpu()
         for fp16 in (False, True) if recipe.export.fp16 else (False,):
             path = layout.onnx(kind, fp16)
-            check = export_onnx(ready, path, example_input=spec.example_input(), check_input=check_input,
-                                tolerance=recipe.export.tolerance, opset=recipe.export.opset, fp16=fp16)
+            with stage(f"export of {path.name}"):
+                check = export_onnx(ready, path, example_input=spec.example_input(), check_input=check_input,
+                                    tolerance=recipe.export.tolerance, opset=recipe.export.opset, fp16=fp16)
             record = {"path": path.name, "max_abs_diff": check.max_abs_diff, "tolerance": check.tolerance,
                       "check_inputs": check.batch_size}
             if fp16:
@@ -106,7 +120,8 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
             reporter.message(f"exported {path.name}: max |ONNX - PyTorch| {check.max_abs_diff:.2e}" + (
                 f", fp16 top-1 agrees with fp32 on {100 * record['top1_agreement_with_fp32']:.2f}%" if fp16 else ""))
         if calibration is not None:
-            path = quantize_int8(layout.onnx(kind), layout.onnx(kind, int8=True), calibration)
+            with stage(f"int8 calibration of {layout.onnx(kind).name}"):
+                path = quantize_int8(layout.onnx(kind), layout.onnx(kind, int8=True), calibration, INT8_OPTIONS)
             compared = onnx_top1_comparison(ready, path, val_loader, recipe.export.agreement_images)
             agreement = compared.agreement
             warning = agreement_warning(path.name, agreement, top1=compared.top1, reference_top1=compared.reference_top1)
@@ -116,9 +131,13 @@ def export_models(spec, models, recipe, layout, val_loader, device, reporter, ca
             reporter.message(f"exported {path.name}: int8 top-1 agrees with fp32 on {100 * agreement:.2f}%; top-1 "
                              f"{compared.top1:.2f}% (fp32 {compared.reference_top1:.2f}%)")
             if warning:
-                reporter.message(f"warning: {warning}")
+                shortfalls.append((kind, agreement, compared.top1, compared.reference_top1))
+        # Counted from the exported graph, as the benchmark table counts them: the log, report and table agree.
+        macs = onnx_macs(layout.onnx(kind))
         reporter.message(f"{kind}: {params:,} parameters, {macs / 1e6:.1f} MMACs, top-1 {top1:.2f}%")
         summaries.append(ModelSummary(kind, params, macs, top1, layout.onnx(kind).name, export_record[kind]["max_abs_diff"]))
+    if shortfalls:  # one line for the run, not one per model
+        reporter.message(f"warning: {run_warning(shortfalls)}")
     atomic_write_text(layout.export_json, json.dumps({"models": [asdict(s) for s in summaries], "exports": export_record}, indent=2))
     return summaries
 

@@ -10,13 +10,18 @@ import yaml
 from supportprune.inputs.data import recipe_loaders
 from supportprune.inputs.recipe import recipe_from_dict
 from supportprune.pipelines.deliver import ModelSummary, export_models, load_run_models
+from supportprune.run.signals import StopRequests, stage
 from supportprune.run.training_loop import choose_device
 from supportprune.store.layout import RunLayout
 from supportprune.store.reporter import Reporter
 
 
 def export_run(run_dir: Path, *, device: str, reporter: Reporter) -> list[ModelSummary]:
-    layout = RunLayout(run_dir)
+    with StopRequests(), stage(f"the export of {run_dir}"):
+        return _export(RunLayout(run_dir), device, reporter)
+
+
+def _export(layout: RunLayout, device: str, reporter: Reporter) -> list[ModelSummary]:
     torch_device = choose_device(device)
     spec, models = load_run_models(layout, torch_device)
     recipe = recipe_from_dict(yaml.safe_load(layout.recipe.read_text()), str(layout.recipe))

@@ -11,6 +11,7 @@ from supportprune.inputs.recipe import Recipe, with_resolved_preprocessing
 from supportprune.pipelines.results import write_result
 from supportprune.reports.run_report import write_train_report
 from supportprune.run.setup import opened_run
+from supportprune.run.signals import stage
 from supportprune.run.train_phase import TrainPhase
 from supportprune.store.reporter import Reporter
 
@@ -30,12 +31,13 @@ def train(
     The same loop, data order and seed serve all three, so they differ only in the support. Returns
     the closing evaluation (validation error with η* on each example, and with MaskT), also in result.json."""
     recipe = with_resolved_preprocessing(recipe)  # recipe.yaml and the report say exactly how images were prepared
-    with opened_run(model_name, recipe, out_dir, device=device, restart=restart, reporter=reporter,
-                    max_steps=max_steps_per_epoch) as run:
+    with opened_run(model_name, recipe, out_dir, command="train", phases=(TrainPhase.name,), device=device,
+                    restart=restart, reporter=reporter, max_steps=max_steps_per_epoch) as run:
         context = run.context
         phase = TrainPhase(context)
         run.run_phases([phase])
-        result = phase.closing_evaluation()  # also when a finished run is run again
+        with stage("the closing evaluation"):
+            result = phase.closing_evaluation()  # also when a finished run is run again
         if context.cluster.is_main:
             write_result(context.layout, result)
             write_train_report(context.layout, context.model_name, context.recipe, context.data.description,

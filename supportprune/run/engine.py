@@ -17,7 +17,7 @@ from supportprune.store.checkpoint import load_latest
 from supportprune.run.context import RunContext
 from supportprune.run.phases import Phase
 from supportprune.run.run_state import RunState, restore_rng, rng_state, save_run
-from supportprune.run.signals import RunInterrupted, StopRequests
+from supportprune.run.signals import RunInterrupted, StopRequests, exit_code, stage
 from supportprune.run.training_loop import (
     DivergedError,
     EpochProgress,
@@ -28,6 +28,19 @@ from supportprune.run.training_loop import (
 )
 
 CURVE_POINTS_PER_EPOCH = 20  # training loss and error are logged this often per epoch (Figure 3's curves)
+
+
+def _continue_with(optimizer, scheduler, config) -> None:
+    """A resumed phase continues with its recipe section's settings, which may have changed while the phase was
+    unfinished (a lower lr after a divergence): the optimizer and schedule just loaded hold the earlier ones."""
+    decays = [config.weight_decay, 0.0]  # make_optimizer's two groups
+    for index, group in enumerate(optimizer.param_groups):
+        group["momentum"], group["nesterov"] = config.momentum, config.nesterov and config.momentum > 0
+        group["weight_decay"] = decays[index]
+        if scheduler.base_lrs[index] != config.lr:
+            scheduler.base_lrs[index] = group["initial_lr"] = config.lr
+            group["lr"] = config.lr * scheduler.lr_lambdas[index](scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 class Engine:
@@ -88,7 +101,8 @@ class Engine:
         context, phase = self.context, self.phases[phase_index]
         fresh = saved is None or saved["optimizer"] is None
         self.state.phase_index = phase_index
-        phase.start(fresh)
+        with stage(f"the start of {phase.name}"):
+            phase.start(fresh)
         trained = DistributedDataParallel(context.model) if context.cluster.distributed else context.model
         if context.recipe.compile:
             # Measured on an H100 (benchmarks/results/2026-11-23-h100-gpu-speed.md): under torch.compile the plain
@@ -104,9 +118,12 @@ class Engine:
         if not fresh:
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
+            _continue_with(optimizer, scheduler, phase.config)
         while self.state.epoch < phase.config.epochs:
-            self._run_epoch(phase, trained, optimizer, scheduler, steps)
-        phase.finish()
+            with stage(f"{phase.name} epoch {self.state.epoch + 1}"):
+                self._run_epoch(phase, trained, optimizer, scheduler, steps)
+        with stage(f"the end of {phase.name}"):
+            phase.finish()
         self.state.phase_index, self.state.epoch = phase_index + 1, 0
         self._save(None, None)
 
@@ -137,31 +154,26 @@ class Engine:
 
         reporter.start(f"{phase.name} {epoch}/{config.epochs}", steps)
         try:
-            progress = train_epoch(
-                trained, context.train_loader, optimizer, scheduler, context.device, progress=progress,
-                max_steps=context.max_steps, stop_after=stop_after,
-                bf16=context.recipe.precision == "bf16", channels_last=context.recipe.channels_last,
-                before_batch=before_batch, loss_fn=phase.loss_fn,
-                on_step=lambda step, loss, top1: reporter.advance(step, loss=loss, top1=top1),
-            )
+            with self.stop_requests.deferred():  # a stop waits for the step to finish and the checkpoint
+                progress = self._train_epoch(phase, trained, optimizer, scheduler, progress, stop_after, before_batch)
+                if stopped:
+                    reporter.stop()
+                    signal_name = self.stop_requests.signal_name or "a signal to another process"
+                    raise RunInterrupted(
+                        f"stopped by {signal_name} at {phase.name} epoch {epoch}, step {progress.step}: checkpoint "
+                        f"written to {context.layout.checkpoint}; run the same command again to resume",
+                        exit_code(signal_name))
             self._check_finite()
         except DivergedError as error:
             reporter.stop()
             kept = "checkpoints/last.pt" if context.layout.checkpoint.exists() else "no checkpoint yet"
             raise DivergedError(
-                f"{phase.name} epoch {epoch}: {error}; stopped, last good checkpoint kept ({kept}); "
-                f"lower {phase.name}.lr in the recipe and run again (it resumes)"
+                f"{phase.name} epoch {epoch}: {error} at learning rate {optimizer.param_groups[0]['lr']:.3g} "
+                f"({phase.name}.lr {config.lr:g} in the recipe); stopped, last good checkpoint kept ({kept}); "
+                f"lower {phase.name}.lr in the recipe and run the same command again: it resumes there"
             ) from None
         reporter.stop()
-        if not stopped:
-            phase.after_steps(epoch)
-        if stopped:
-            signal_name = self.stop_requests.signal_name or "a signal to another process"
-            raise RunInterrupted(
-                f"stopped by {signal_name} at {phase.name} epoch {epoch}, step {progress.step}: checkpoint written to "
-                f"{context.layout.checkpoint}; run the same command again to resume",
-                143 if signal_name == "SIGTERM" else 130,
-            )
+        phase.after_steps(epoch)
         total_loss, total_correct, total_seen = context.cluster.all_reduce_sum([progress.loss_sum, progress.correct, progress.seen])
         loss, top1 = total_loss / total_seen, 100.0 * total_correct / total_seen
         record: dict[str, Any] = {"phase": phase.name, "epoch": epoch, "train_loss": loss, "train_top1": top1, "lr": lr}
@@ -177,6 +189,16 @@ class Engine:
             f"val top-1 {record['val_top1']:.2f}% ({record['seconds']:.1f}s)"
         )
         self._save(optimizer, scheduler)
+
+    def _train_epoch(self, phase: Phase, trained, optimizer, scheduler, progress, stop_after, before_batch) -> EpochProgress:
+        context, reporter = self.context, self.context.reporter
+        return train_epoch(
+            trained, context.train_loader, optimizer, scheduler, context.device, progress=progress,
+            max_steps=context.max_steps, stop_after=stop_after,
+            bf16=context.recipe.precision == "bf16", channels_last=context.recipe.channels_last,
+            before_batch=before_batch, loss_fn=phase.loss_fn,
+            on_step=lambda step, loss, top1: reporter.advance(step, loss=loss, top1=top1),
+        )
 
     def _curve_point(self, phase: str, epoch: int, steps: int, progress: EpochProgress) -> None:
         """Append the mean training loss and error of the steps since the last point (Figure 3's curves)."""

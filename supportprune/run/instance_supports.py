@@ -12,6 +12,7 @@ import torch
 from supportprune.method.alternation import estimate_instance_supports, recalibrate_batch_norm, support_dims
 from supportprune.method.support import fix_supports, release_supports
 from supportprune.run.context import RunContext
+from supportprune.run.signals import stage
 from supportprune.run.stored_supports import InstanceMaskStore, choose_storage
 
 BATCH_NORM_RECALIBRATION_BATCHES = 100  # after an I-alternation epoch: batches that re-estimate batch-norm statistics
@@ -39,7 +40,8 @@ class InstanceSupports:
                 return
         self.store = None
         if context.cluster.is_main:
-            self._estimate(shapes, examples, storage, relative_threshold, granularity, record_stats, round_key)
+            with stage("estimating the instance supports (I-alternation, Eq. 38)"):
+                self._estimate(shapes, examples, storage, relative_threshold, granularity, record_stats, round_key)
         context.cluster.barrier()
         if self.store is None:  # the other ranks read what rank 0 estimated
             self.store = InstanceMaskStore.open(shapes, path, storage)

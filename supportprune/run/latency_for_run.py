@@ -9,6 +9,7 @@ from supportprune.deploy.latency_table import LatencyTable, measure_latency_tabl
 from supportprune.errors import SupportpruneError
 from supportprune.method.allocation import layer_shapes
 from supportprune.run.context import RunContext
+from supportprune.run.signals import stage
 
 
 def latency_table_for_run(context: RunContext) -> LatencyTable:
@@ -48,9 +49,10 @@ def latency_table_for_run(context: RunContext) -> LatencyTable:
         reporter.advance(done)
 
     try:
-        table = measure_latency_table(shapes, batch_size=batch_size, round_to=sparse.round_to,
-                                      precision=sparse.latency_precision, runs=bench.runs, warmup=bench.warmup,
-                                      progress=progress)
+        with stage("timing the layers for the latency table"):
+            table = measure_latency_table(shapes, batch_size=batch_size, round_to=sparse.round_to,
+                                          precision=sparse.latency_precision, runs=bench.runs, warmup=bench.warmup,
+                                          progress=progress)
     finally:
         reporter.stop()
     table.save(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -17,7 +18,7 @@ from supportprune.errors import SupportpruneError
 from supportprune.inputs.data import recipe_loaders
 from supportprune.inputs.models import ModelSpec, build_model, check_forward
 from supportprune import __version__
-from supportprune.inputs.recipe import Recipe, same_recipe
+from supportprune.inputs.recipe import Recipe, recipe_differences
 from supportprune.method.pruning import count_macs_params
 from supportprune.method.convert import convert_relus
 from supportprune.method.support import kept_channel_counts, set_site_mode
@@ -26,11 +27,12 @@ from supportprune.run.context import RunContext
 from supportprune.run.distributed import cluster_device, init_cluster, shutdown_cluster
 from supportprune.run.engine import Engine
 from supportprune.run.phases import Phase
+from supportprune.store.checkpoint import CheckpointError, load_latest
 from supportprune.store.layout import RunLayout
 from supportprune.store.reporter import Reporter, SilentReporter
-from supportprune.store.run_aside import move_aside
+from supportprune.store.run_aside import move_run_aside
 from supportprune.run.run_state import RunState
-from supportprune.run.signals import StopRequests
+from supportprune.run.signals import StopRequests, stage
 from supportprune.run.sync_batch_norm import use_global_batch_statistics
 from supportprune.run.training_loop import choose_device, seed_everything
 
@@ -49,36 +51,42 @@ class OpenedRun:
 
 
 @contextmanager
-def opened_run(model_name: str, recipe: Recipe, out_dir: Path, *, device: str, restart: bool,
-               reporter: Reporter | None, max_steps: int | None) -> Iterator[OpenedRun]:
+def opened_run(model_name: str, recipe: Recipe, out_dir: Path, *, command: str, phases: Sequence[str],
+               device: str, restart: bool, reporter: Reporter | None, max_steps: int | None) -> Iterator[OpenedRun]:
     """Join the processes (torchrun), catch SIGINT/SIGTERM, open the run directory and build the data and model;
-    the processes are left again on the way out. Only rank 0 reports."""
+    the processes are left again on the way out. Only rank 0 reports. ``command`` and ``phases`` (the recipe
+    sections of the phases it runs, in order) decide which earlier run the directory may resume."""
     started = time.perf_counter()
     cluster = init_cluster(device)
     try:
         with StopRequests() as stop_requests:
             reporter = reporter if (reporter is not None and cluster.is_main) else SilentReporter()
             layout = RunLayout(out_dir)
-            resuming = open_run_dir(layout, recipe, model_name, cluster, reporter, restart)
+            with stage("opening the run directory"):
+                resuming = open_run_dir(layout, recipe, model_name, cluster, reporter, restart, command,
+                                        tuple(phases))
             context = build_context(model_name, recipe, layout, cluster, reporter, device, max_steps, started)
             yield OpenedRun(context, resuming, stop_requests)
     finally:
         shutdown_cluster(cluster)
 
 
-def open_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, cluster, reporter: Reporter, restart: bool) -> bool:
+def open_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, cluster, reporter: Reporter, restart: bool,
+                 command: str, phases: tuple[str, ...]) -> bool:
     """Rank 0 checks the directory; every rank learns the outcome (or the same error). True when resuming."""
     outcome = None
     if cluster.is_main:
         try:
             # --restart: the earlier run is renamed whole, so nothing of it (checkpoints, latency table,
             # models) can be resumed or reused, and nothing is lost.
-            moved = move_aside(layout.root) if restart else None
+            moved = move_run_aside(layout.root) if restart else None
             if moved is not None:
                 reporter.message(f"--restart: the earlier run in {layout.root} moved to {moved}")
-            resuming = prepare_run_dir(layout, recipe, model_name)
+            resuming, notes = prepare_run_dir(layout, recipe, model_name, command, phases)
+            for note in notes:
+                reporter.message(note)
             atomic_write_text(layout.recipe, recipe.to_yaml())
-            atomic_write_text(layout.run_info, json.dumps(run_info(model_name), indent=2))
+            atomic_write_text(layout.run_info, json.dumps(run_info(model_name, command), indent=2))
             outcome = ("ok", resuming)
         except SupportpruneError as error:
             outcome = ("error", str(error))
@@ -93,17 +101,19 @@ def build_context(model_name: str, recipe: Recipe, layout: RunLayout, cluster, r
     """Data, loaders and the model with its ReLUs as support sites (thresholding: η*, Eq. 9)."""
     seed_everything(recipe.seed)
     device = choose_device(cluster_device(cluster, requested_device))
-    data, train_loader, val_loader = recipe_loaders(recipe.data, recipe.seed, rank=cluster.rank,
-                                                    world_size=cluster.world_size, with_indices=True)
+    with stage("loading the data"):
+        data, train_loader, val_loader = recipe_loaders(recipe.data, recipe.seed, rank=cluster.rank,
+                                                        world_size=cluster.world_size, with_indices=True)
     processes = f", {cluster.world_size} processes" if cluster.distributed else ""
     reporter.message(f"data: {data.description}; device: {device}{processes}")
     spec = ModelSpec(model_name, data.num_classes, data.channels, recipe.data.input_size, dict(recipe.model_args))
     if cluster.is_main:  # what `supportprune export` needs to rebuild the models
         info = {**json.loads(layout.run_info.read_text()), "spec": asdict(spec)}
         atomic_write_text(layout.run_info, json.dumps(info, indent=2))
-    plain_model = build_model(spec, recipe.weights)
-    check_forward(plain_model, spec)
-    model = convert_relus(plain_model, spec.example_input()).to(device)
+    with stage("building the model"):
+        plain_model = build_model(spec, recipe.weights)
+        check_forward(plain_model, spec)
+        model = convert_relus(plain_model, spec.example_input()).to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if recipe.sync_batch_norm and cluster.distributed:
@@ -116,8 +126,18 @@ def build_context(model_name: str, recipe: Recipe, layout: RunLayout, cluster, r
                       model, example, baseline_macs, baseline_params, state, max_steps, started)
 
 
-def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str) -> bool:
-    """Create or reopen the run directory; True when an earlier run of the same recipe is resumed."""
+# Settings that never force retraining: they act after training (export, bench) or not on what is computed.
+_FREE_SECTIONS = ("export", "bench")
+_FREE_KEYS = ("description", "checkpoint_every_steps", "data.workers")
+
+
+def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, command: str = "compress",
+                    phases: Sequence[str] = ()) -> tuple[bool, list[str]]:
+    """Create or reopen the run directory: (True when an earlier run is resumed, lines to tell the user).
+
+    A directory that holds a run (its run.json) is reopened only by the same command for the same model, and a
+    recipe that differs only where it may: export and bench settings, and the sections of ``phases`` (the
+    command's phases, in order) that have not finished. Anything else is refused, naming what differs."""
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
         probe = layout.root / ".write-test"
@@ -125,23 +145,63 @@ def prepare_run_dir(layout: RunLayout, recipe: Recipe, model_name: str) -> bool:
         probe.unlink()
     except OSError as error:
         raise SupportpruneError(f"cannot write to output directory {layout.root}: {error.strerror}; choose another --out") from None
-    if layout.checkpoint.exists() or layout.checkpoint.with_suffix(".pt.previous").exists():
-        previous_info = json.loads(layout.run_info.read_text()) if layout.run_info.exists() else {}
-        if not same_recipe(layout.recipe, recipe) or previous_info.get("model") != model_name:
-            raise SupportpruneError(
-                f"{layout.root} holds a run with another model or recipe; use another --out, or --restart to start over there"
-            )
-        return True
-    return False
+    has_checkpoint = layout.checkpoint.exists() or layout.checkpoint.with_suffix(".pt.previous").exists()
+    if not layout.run_info.exists():
+        if has_checkpoint:
+            raise SupportpruneError(f"{layout.root} holds checkpoints but no run.json, so what made them is unknown; "
+                                    "use another --out, or --restart to move that directory aside")
+        return False, []
+    advice = "use another --out, or --restart to move that run aside and start over"
+    try:
+        previous = json.loads(layout.run_info.read_text())
+    except (OSError, ValueError) as error:
+        raise SupportpruneError(f"{layout.run_info} cannot be read ({error}); {advice}") from None
+    made_by = previous.get("command")  # runs made before run.json recorded it: any command
+    if made_by is not None and made_by != command:
+        raise SupportpruneError(f"{layout.root} holds a `supportprune {made_by}` run, not a `supportprune {command}` "
+                                f"one; {advice}")
+    if previous.get("model") != model_name:
+        raise SupportpruneError(f"{layout.root} holds a run of model {previous.get('model')!r}, not {model_name!r}; {advice}")
+    finished = _finished_phases(layout, len(phases))
+    notes = []
+    for key, old, new in recipe_differences(layout.recipe, recipe):
+        section = key.split(".")[0]
+        if section in _FREE_SECTIONS or key in _FREE_KEYS:
+            notes.append(f"{key} changed from {old!r} to {new!r}: it applies from now on (no retraining)")
+        elif section in phases and phases.index(section) >= finished:
+            notes.append(f"{key} changed from {old!r} to {new!r}: the {section} phase had not finished, it continues "
+                         "with the new value")
+        elif key == "recipe.yaml":
+            raise SupportpruneError(f"{layout.recipe}: {old}; {advice}")
+        else:
+            why = f"the {section} phase has finished" if section in phases else "training depends on it"
+            raise SupportpruneError(f"{layout.root} holds a run made with {key}: {old!r}, not {new!r} ({why}); {advice}")
+    return has_checkpoint, notes
 
 
-def run_info(model_name: str) -> dict[str, Any]:
-    """run.json: the model and the versions it ran with."""
+def _finished_phases(layout: RunLayout, phases: int) -> int:
+    """How many of the run's phases have finished, from its checkpoint. Without one: none, unless models of a
+    finished run are there (their checkpoints deleted to free space); a damaged one: all, so that nothing
+    finished can be overwritten by other settings."""
+    try:
+        loaded = load_latest(layout.checkpoint)
+    except CheckpointError:
+        return phases
+    if loaded is None:
+        return phases if any(layout.root.glob("models/*.pt")) else 0
+    return min(phases, int(loaded[0]["run"].get("phase_index", 0)))
+
+
+def run_info(model_name: str, command: str = "compress") -> dict[str, Any]:
+    """run.json: the command and model that made the run, the command line, and the versions it ran with. Its
+    presence marks a directory as a supportprune run (``--restart`` moves only such a directory)."""
     import torch
     import torchvision
 
     return {
+        "command": command,
         "model": model_name,
+        "command_line": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "supportprune": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,20 @@ from supportprune.errors import SupportpruneError
 _MAGIC = b"SPCKPT1\n"
 _HEADER = len(_MAGIC) + 65  # magic, SHA-256 hex digest, newline
 
-# torch's weights-only refusal wraps the reason in boilerplate (that also suggests weights_only=False).
-_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch 2.6")
+# torch's weights-only refusal wraps the reason in boilerplate, numbered options among it, one of which is
+# loading with weights_only=False: never quoted. The reason is the WeightsUnpickler line, less its allowlisting advice.
+_BOILERPLATE = re.compile(r"^(Weights only load failed|Please file an issue|Check the documentation|In PyTorch 2\.6|"
+                          r"\(\d+\)|\[\d+\]|\d+\.\s)")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def refusal_reason(message: str) -> str:
+    """What torch's weights-only refusal ``message`` objects to, without its advice (never weights_only=False)."""
+    lines = [_ANSI_ESCAPE.sub("", line).strip() for line in message.splitlines()]
+    reason = next((line.split("WeightsUnpickler error:", 1)[1].strip() for line in lines if "WeightsUnpickler error:" in line),
+                  next((line for line in lines if line and not _BOILERPLATE.match(line)), ""))
+    reason = re.split(r"\s(?:Please use|To allowlist|If you trust)", reason)[0].strip()
+    return reason[:200] if reason and "weights_only" not in reason else "unsupported content"
 
 
 class CheckpointError(SupportpruneError):
@@ -52,8 +65,8 @@ def load_plain(source: Any, path: Path, advice: str) -> Any:
             return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        if lines and lines[0].startswith(_BOILERPLATE[0]):
-            reason = next((line for line in lines if not line.startswith(_BOILERPLATE)), "unsupported content")[:200]
+        if lines and lines[0].startswith("Weights only load failed"):
+            reason = refusal_reason(str(error))
             raise CorruptCheckpointError(path, f"holds objects other than tensors and plain data ({reason}); refused to "
                                                f"unpickle it, as that could run code; {advice}") from None
         raise CorruptCheckpointError(path, f"unparsable ({lines[0][:200] if lines else 'unpickling failed'}); {advice}") from None

@@ -36,3 +36,19 @@ def move_aside(root: Path) -> Optional[Path]:
             raise SupportpruneError(f"cannot move the earlier run {root} aside to {target}: {error.strerror}; "
                                     "move or delete it yourself") from None
     raise SupportpruneError(f"no free name to move {root} aside to; delete some of {root.name}.N")
+
+
+def move_run_aside(root: Path, marker: str = "run.json") -> Optional[Path]:
+    """``--restart``: ``move_aside`` for a directory this tool made (it holds ``marker``); never the working
+    directory (or one it lies in), never a directory of other files: those are refused, and left as they are."""
+    root = Path(os.path.abspath(root))
+    if not root.is_dir() or not any(root.iterdir()):
+        return None
+    here = Path(os.getcwd())
+    if here == root or root in here.parents:
+        raise SupportpruneError(f"--restart would move {root} aside, the directory you are working in; run from "
+                                "outside it, or choose another --out")
+    if not (root / marker).is_file():
+        raise SupportpruneError(f"--restart: {root} holds files but no supportprune run (no {marker}), so it is left "
+                                "as it is; choose an empty or new --out")
+    return move_aside(root)
