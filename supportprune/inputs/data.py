@@ -99,8 +99,32 @@ def load_data(
     elif scheme == "cifar10":
         raw = _load_cifar10(directory)
     else:
-        return _load_folder(directory, scheme, input_size, resize_to, mean, std, augment, channels)
-    return _in_memory_splits(raw, input_size, resize_to, mean, std, augment, channels)
+        return _at_least_two_classes(_load_folder(directory, scheme, input_size, resize_to, mean, std, augment, channels),
+                                     directory / "train")
+    return _at_least_two_classes(_in_memory_splits(raw, input_size, resize_to, mean, std, augment, channels), source)
+
+
+def _at_least_two_classes(splits: DataSplits, where) -> DataSplits:
+    if splits.num_classes < 2:
+        raise SupportpruneError(f"{where} holds {splits.num_classes} class ({', '.join(splits.class_names)}); a classifier "
+                                "needs at least two: add a folder per class")
+    return splits
+
+
+def native_channels(source: str) -> int:
+    """The channel count of ``source``'s images as stored: 1 for Fashion-MNIST and the embedded subset, 3 for
+    CIFAR-10 and ImageNet, a folder's by its first image (3 when it has none yet: loading it says what is wrong)."""
+    scheme, _, rest = source.partition(":")
+    if scheme in ("embedded", "fashion-mnist"):
+        return 1
+    if scheme == "folder" and rest:
+        train = Path(rest).expanduser() / "train"
+        return _folder_native_channels(train) if train.is_dir() else 3
+    return 3
+
+
+def normalisation_description(mean: Sequence[float], std: Sequence[float]) -> str:
+    return f"normalised with mean {', '.join(f'{m:g}' for m in mean)} and std {', '.join(f'{s:g}' for s in std)}"
 
 
 IMAGENET_CROP_FRACTION = 0.875  # the usual ImageNet evaluation: resize to 256, centre-crop 224
@@ -580,7 +604,8 @@ def _in_memory_splits(
     return DataSplits(
         train=train, val=val, num_classes=num_classes, channels=out_channels,
         class_names=raw.class_names,
-        description=f"{raw.name} ({len(train)} train / {len(val)} val; {preprocessing_description(input_size, resize_to, augment)})",
+        description=(f"{raw.name} ({len(train)} train / {len(val)} val; {preprocessing_description(input_size, resize_to, augment)}; "
+                     f"{normalisation_description(mean_c, std_c)})"),
     )
 
 
@@ -671,7 +696,7 @@ def _load_folder(
         train=train, val=val, num_classes=num_classes, channels=out_channels,
         class_names=tuple(train_folder.classes),
         description=(f"{kind} {directory} ({len(train)} train / {len(val)} val, {num_classes} classes; "
-                     f"{preprocessing_description(input_size, resize_to, augment)})"),
+                     f"{preprocessing_description(input_size, resize_to, augment)}; {normalisation_description(mean_c, std_c)})"),
     )
 
 

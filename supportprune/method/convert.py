@@ -36,7 +36,15 @@ ReLU6 (MobileNetV2) is converted too, into a site with ``upper=6``: η*(q; β) t
 m = [q > β] is the same notion as at a ReLU; a channel whose support is zero outputs zero either way,
 so pruning it is exact. Without this, MobileNetV2 would have no site at all. Other activations (GELU,
 SiLU, Hardswish, …) pass negative values or have no exact zero region, so they get no support; a model
-with none of ReLU/ReLU6 raises ``TraceError`` naming what it found.
+with none of ReLU/ReLU6 raises ``TraceError`` naming what it found. With ``gate_activations`` they become
+channel gates instead (act(q)·keep, no support): a weight criterion prunes at them exactly.
+
+Train and eval modes are both kept. A plain fx trace bakes in the mode the model was traced in
+(``F.dropout(x, p, self.training)``, torchvision's stochastic depth, ``if self.training:``); ``_ModeTracer``
+reads each traced module's ``training`` when the graph runs, and a graph whose branches on it differ
+between the modes is left to the recorded path. The recorded path records one pass in each mode (the
+training pass with batch-norm statistics and random state put back) and routes each mode's calls to
+its own sites, so ReLU calls made only in training (an auxiliary head) have sites too.
 """
 
 from __future__ import annotations
@@ -436,8 +444,8 @@ def _record_calls(model: nn.Module, example_input: Tensor, gates: bool = False, 
     except TraceError:
         raise
     except Exception as error:
-        mode = "in training mode " if training else ""
-        raise TraceError(f"{type(model).__name__} fails on the example input {mode}: {type(error).__name__}: "
+        mode = " in training mode" if training else ""
+        raise TraceError(f"{type(model).__name__} fails on the example input{mode}: {type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''}") from error
     return recorder
 

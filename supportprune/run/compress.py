@@ -15,12 +15,12 @@ from typing import Any
 
 from supportprune.deploy.deliver import ModelSummary, benchmark_models, export_models, load_run_models
 from supportprune.inputs.data import make_loaders
-from supportprune.inputs.recipe import Recipe, with_resolved_preprocessing
+from supportprune.inputs.recipe import Recipe, preprocessing_notes, with_resolved_preprocessing
 from supportprune.run.context import RunContext
 from supportprune.run.distributed import init_cluster, shutdown_cluster
 from supportprune.run.engine import Engine
 from supportprune.run.layout import RunLayout
-from supportprune.run.phases import DensePhase, RedensePhase
+from supportprune.run.phases import DensePhase, HeadPhase, RedensePhase
 from supportprune.run.reporter import Reporter, SilentReporter
 from supportprune.run.setup import build_context, open_run_dir
 from supportprune.run.signals import StopRequests
@@ -29,9 +29,9 @@ from supportprune.run.train_phase import TrainPhase
 
 
 def compress_phases(context: RunContext) -> list:
-    """Dense → Sparse → re-Dense; re-Dense revives from what Sparse pruned (``redense.revive: restore``)."""
+    """(Head warm-up →) Dense → Sparse → re-Dense; re-Dense revives from what Sparse pruned (``redense.revive: restore``)."""
     sparse = SparsePhase(context)
-    return [DensePhase(context), sparse, RedensePhase(context, sparse)]
+    return [HeadPhase(context), DensePhase(context), sparse, RedensePhase(context, sparse)]
 
 
 @dataclass(frozen=True)
@@ -52,17 +52,21 @@ def compress(
     reporter: Reporter | None = None,
     max_steps_per_epoch: int | None = None,
     deliver: bool = True,
+    criterion_given: bool = False,
 ) -> CompressResult:
     """Run Dense → Sparse (B-alternation, support pruning) → re-Dense, export and benchmark the three models.
 
     Under torchrun, every process trains its share of each global batch (DistributedDataParallel);
     rank 0 decides the pruning, writes every file, exports and benchmarks. ``deliver=False`` stops
-    after training (no export, benchmark or report: ``experiment`` reads the metrics itself).
+    after training (no export, benchmark or report: ``experiment`` reads the metrics itself). ``criterion_given``:
+    the command line chose ``sparse.criterion`` (then a model without ReLU is refused the support, not given
+    ``sparse.criterion_without_relu``).
     """
     def finish(context: RunContext, phases) -> CompressResult:
         return _deliver(context) if deliver else _undelivered(context)
 
-    return _execute(model_name, recipe, out_dir, compress_phases, finish, device, restart, reporter, max_steps_per_epoch)
+    return _execute(model_name, recipe, out_dir, compress_phases, finish, device, restart, reporter, max_steps_per_epoch,
+                    criterion_given)
 
 
 def train(
@@ -88,8 +92,9 @@ def train(
                     reporter, max_steps_per_epoch)
 
 
-def _execute(model_name, recipe, out_dir, make_phases, finish, device, restart, reporter, max_steps):
-    recipe = with_resolved_preprocessing(recipe)  # recipe.yaml and the report say exactly how images were prepared
+def _execute(model_name, recipe, out_dir, make_phases, finish, device, restart, reporter, max_steps, criterion_given=None):
+    given, recipe = recipe, with_resolved_preprocessing(recipe)  # recipe.yaml and the report say exactly how images were prepared
+    notes = preprocessing_notes(given, recipe)
     started = time.perf_counter()
     cluster = init_cluster(device)
     try:
@@ -97,7 +102,8 @@ def _execute(model_name, recipe, out_dir, make_phases, finish, device, restart, 
             reporter = reporter if (reporter is not None and cluster.is_main) else SilentReporter()
             layout = RunLayout(out_dir)
             resuming = open_run_dir(layout, recipe, model_name, cluster, reporter, restart)
-            context = build_context(model_name, recipe, layout, cluster, reporter, device, max_steps, started)
+            context = build_context(model_name, recipe, layout, cluster, reporter, device, max_steps, started,
+                                    criterion_given, notes)
             engine = Engine(context, make_phases, stop_requests, resuming)
             engine.run()
             return finish(context, engine.phases)
@@ -130,6 +136,7 @@ def _deliver(context: RunContext) -> CompressResult:
     seconds = time.perf_counter() - context.started
     from supportprune.reports.run_report import write_report
 
-    write_report(layout, context.model_name, recipe, context.data.description, summaries, bench, context.state, seconds)
+    write_report(layout, context.model_name, recipe, context.data.description, summaries, bench, context.state, seconds,
+                 context.notes)
     reporter.message(f"report: {layout.report}")
     return CompressResult(layout.root, tuple(summaries), tuple(bench), seconds)
