@@ -273,7 +273,8 @@ def compress(
     _ErrorLog.use_run_dir(out_dir)
     reporter = RichReporter()
     reporter.message(f"supportprune compress {model}: recipe {recipe_path}, output {out_dir}")
-    result = run_compress(model, resolved, out_dir, device=device, restart=restart, reporter=reporter, max_steps_per_epoch=max_steps)
+    result = run_compress(model, resolved, out_dir, device=device, restart=restart, reporter=reporter, max_steps_per_epoch=max_steps,
+                          criterion_given=criterion is not None)
     reporter.message(f"done in {result.seconds:.0f} s: {result.out_dir}/report.md")
 
 

@@ -372,5 +372,5 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     result = _compress(tmp_path, out, recipe=recipe)
     one_line_error(result, "sparse epoch 1", "became n", "last good checkpoint kept", "sparse.lr 1e+12", "lower sparse.lr")
     checkpoint = read_checkpoint(out / "checkpoints" / "last.pt")
-    assert checkpoint["run"]["phase_index"] == 1 and checkpoint["run"]["epoch"] == 0
+    assert checkpoint["run"]["phase_index"] == 2 and checkpoint["run"]["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())

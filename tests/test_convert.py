@@ -12,7 +12,7 @@ import torch.fx as fx
 import torchvision
 from torch import nn
 
-from supportprune.method import dsd
+from supportprune.method import convert, dsd
 from supportprune.errors import SupportpruneError
 from supportprune.deploy.export import export_onnx
 from supportprune.method.pruning import apply_keep_masks, plan_keep_masks, prune_to_keep_masks
@@ -188,7 +188,7 @@ def test_resnet18_without_fx_gives_the_sites_of_the_fx_path(monkeypatch):
     def untraceable(*args, **kwargs):
         raise RuntimeError("symbolic tracing unavailable")
 
-    monkeypatch.setattr(fx, "symbolic_trace", untraceable)
+    monkeypatch.setattr(convert, "_trace_in_both_modes", untraceable)
     recorded = convert_relus(copy.deepcopy(model), example)
     assert not isinstance(recorded, fx.GraphModule)
     fx_sites = {name: (site.channels, site.inplace) for name, site in support_sites(traced)}

@@ -181,3 +181,26 @@ class DataDependentBatch(nn.Module):
         if x.shape[0] == 7:
             x = self.act(self.conv3(x))
         return self.fc(x.mean(dim=(2, 3)))
+
+
+class SiluNet(nn.Module):
+    """No ReLU at all, as EfficientNet-style users write it: SiLU modules, a functional F.silu, a residual block and
+    a squeeze-excitation gated by a sigmoid."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.SiLU())
+        self.conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.se_reduce = nn.Conv2d(16, 4, 1)
+        self.se_expand = nn.Conv2d(4, 16, 1)
+        self.head = nn.Conv2d(16, 32, 1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = F.silu(self.bn(self.conv(x)))
+        scale = torch.sigmoid(self.se_expand(F.silu(self.se_reduce(y.mean(dim=(2, 3), keepdim=True)))))
+        x = x + y * scale
+        x = F.silu(self.head(x))
+        return self.fc(x.mean(dim=(2, 3)))

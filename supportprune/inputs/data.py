@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from supportprune.errors import SupportpruneError
 from supportprune.inputs.datasets import DataSplits, _Seedable
-from supportprune.inputs.image_folders import _load_folder
+from supportprune.inputs.image_folders import _folder_native_channels, _load_folder
 from supportprune.inputs.in_memory import _in_memory_splits, _load_cifar10, _load_embedded, _load_fashion_mnist
 
 __all__ = ["DataSplits", "load_data", "make_loaders", "recipe_loaders"]
@@ -62,8 +62,28 @@ def load_data(
     elif scheme == "cifar10":
         raw = _load_cifar10(directory)
     else:
-        return _load_folder(directory, scheme, input_size, resize_to, mean, std, augment, channels)
-    return _in_memory_splits(raw, input_size, resize_to, mean, std, augment, channels)
+        return _at_least_two_classes(_load_folder(directory, scheme, input_size, resize_to, mean, std, augment, channels),
+                                     directory / "train")
+    return _at_least_two_classes(_in_memory_splits(raw, input_size, resize_to, mean, std, augment, channels), source)
+
+
+def _at_least_two_classes(splits: DataSplits, where) -> DataSplits:
+    if splits.num_classes < 2:
+        raise SupportpruneError(f"{where} holds {splits.num_classes} class ({', '.join(splits.class_names)}); a classifier "
+                                "needs at least two: add a folder per class")
+    return splits
+
+
+def native_channels(source: str) -> int:
+    """The channel count of ``source``'s images as stored: 1 for Fashion-MNIST and the embedded subset, 3 for
+    CIFAR-10 and ImageNet, a folder's by its first image (3 when it has none yet: loading it says what is wrong)."""
+    scheme, _, rest = source.partition(":")
+    if scheme in ("embedded", "fashion-mnist"):
+        return 1
+    if scheme == "folder" and rest:
+        train = Path(rest).expanduser() / "train"
+        return _folder_native_channels(train) if train.is_dir() else 3
+    return 3
 
 
 IMAGENET_CROP_FRACTION = 0.875  # the usual ImageNet evaluation: resize to 256, centre-crop 224

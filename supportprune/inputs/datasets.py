@@ -83,3 +83,7 @@ def preprocessing_description(input_size: int, resize_to: int, augment: bool) ->
         text = (f"shorter side resized to {resize_to}, centre-cropped to {input_size}×{input_size} "
                 f"(crop fraction {input_size / resize_to:.3f})")
     return text + ("; training images augmented (random crop and flip)" if augment else "")
+
+
+def normalisation_description(mean: Sequence[float], std: Sequence[float]) -> str:
+    return f"normalised with mean {', '.join(f'{m:g}' for m in mean)} and std {', '.join(f'{s:g}' for s in std)}"

@@ -11,7 +11,9 @@ import torch
 from torch.utils.data import Dataset
 
 from supportprune.errors import SupportpruneError
-from supportprune.inputs.datasets import DataSplits, _check_norm, _resolve_channels, _Seedable, preprocessing_description
+from supportprune.inputs.datasets import (
+    DataSplits, _check_norm, _resolve_channels, _Seedable, normalisation_description, preprocessing_description,
+)
 
 
 # ---------------------------------------------------------------------------
@@ -117,7 +119,7 @@ def _load_folder(
         train=train, val=val, num_classes=num_classes, channels=out_channels,
         class_names=tuple(train_folder.classes),
         description=(f"{kind} {directory} ({len(train)} train / {len(val)} val, {num_classes} classes; "
-                     f"{preprocessing_description(input_size, resize_to, augment)})"),
+                     f"{preprocessing_description(input_size, resize_to, augment)}; {normalisation_description(mean_c, std_c)})"),
     )
 
 

@@ -24,6 +24,7 @@ from supportprune.inputs.datasets import (
     _convert_channels,
     _resolve_channels,
     _Seedable,
+    normalisation_description,
     preprocessing_description,
 )
 
@@ -322,5 +323,6 @@ def _in_memory_splits(
     return DataSplits(
         train=train, val=val, num_classes=num_classes, channels=out_channels,
         class_names=raw.class_names,
-        description=f"{raw.name} ({len(train)} train / {len(val)} val; {preprocessing_description(input_size, resize_to, augment)})",
+        description=(f"{raw.name} ({len(train)} train / {len(val)} val; {preprocessing_description(input_size, resize_to, augment)}; "
+                     f"{normalisation_description(mean_c, std_c)})"),
     )

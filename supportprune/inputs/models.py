@@ -33,6 +33,9 @@ class ModelSpec:
     in_channels: int
     input_size: int
     model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the factory
+    # Activations other than ReLU become channel gates too (convert_relus(gate_activations=...)): a weight
+    # criterion's run, so that its state dicts rebuild.
+    gate_activations: bool = False
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         return torch.zeros(batch, self.in_channels, self.input_size, self.input_size)
@@ -52,9 +55,14 @@ def classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
-    """Instantiate ``spec.name`` with ``weights`` loaded, then adapt head and input channels."""
-    if ":" in spec.name:
+def build_model(spec: ModelSpec, weights: str | None = None, changes: list[tuple[str, str]] | None = None) -> nn.Module:
+    """Instantiate ``spec.name`` with ``weights`` loaded, then adapt head and input channels. ``changes`` (when
+    given) receives (module path, sentence) for each layer replaced or adapted to fit the data, when the model may
+    carry trained weights (``weights`` given, or a factory that may load its own): never silent for a user."""
+    if spec.name.startswith(TIMM_PREFIX):
+        model = _from_timm(spec.name[len(TIMM_PREFIX):], spec.model_args)
+        native_classes = model.num_classes
+    elif ":" in spec.name:
         model = _from_factory(spec.name, spec.model_args)
         native_classes = None
     else:
@@ -76,10 +84,51 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
         native_classes = _head(model).out_features
     if weights is not None:
         load_weights(model, weights, spec.name)
+    may_be_trained = weights is not None or (":" in spec.name and not spec.name.startswith(TIMM_PREFIX))
+    head = _head(model)
     if native_classes is None or native_classes != spec.num_classes:
         adapt_head(model, spec.num_classes)
+    if changes is not None and may_be_trained and head.out_features != spec.num_classes:
+        path = _path_of(model, _head(model))
+        changes.append((path, f"the {head.out_features}-class head {path} replaced by a new, untrained "
+                              f"{spec.num_classes}-class one to fit the data's classes"))
+    first = _first_conv(model)
     adapt_input_channels(model, spec.in_channels)
+    if changes is not None and may_be_trained and first.in_channels != spec.in_channels:
+        path = _path_of(model, _first_conv(model))
+        changes.append((path, f"the first convolution {path} adapted from {first.in_channels} to {spec.in_channels} "
+                              "input channels (its filters averaged over their input channels)"))
     return model
+
+
+def _path_of(model: nn.Module, target: nn.Module) -> str:
+    return next(name for name, module in model.named_modules() if module is target)
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+TIMM_PREFIX = "timm:"  # timm:NAME, a timm model (the optional extra: pip install 'supportprune[timm]')
+
+
+def _from_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, **kwargs)``: random weights unless --weights gives a file."""
+    try:
+        import timm
+    except ImportError:
+        raise SupportpruneError(f"model timm:{name} needs timm, which is not installed: pip install 'supportprune[timm]' "
+                                "(or pip install timm)") from None
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SupportpruneError(f"unknown timm model {name!r}{hint}; `python -c 'import timm; print(timm.list_models())'` "
+                                "lists them")
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise SupportpruneError(f"timm.create_model({name!r}, {_call_args(kwargs)}) failed: {first_line(error)}; check "
+                                "--model-arg / model_args against the timm model's arguments") from None
 
 
 def _call_args(kwargs: dict[str, Any]) -> str:
@@ -148,6 +197,49 @@ def check_forward(model: nn.Module, spec: ModelSpec) -> None:
                                 "logits of shape (batch, classes)")
 
 
+def downsampling_note(model: nn.Module, spec: ModelSpec) -> str | None:
+    """A sentence when ``spec.input_size`` is too small for the model's downsampling: some strided convolution or
+    pooling receives a feature map of 1×1, so it and every later stage have nothing left to reduce (resnet18 at
+    --input-size 3 or 16); None when every downsampling step gets at least 2×2."""
+    starved, strided = _starved_strided_layers(model, spec.example_input())
+    if not starved:
+        return None
+    enough = spec.input_size
+    while _starved_strided_layers(model, spec.example_input()[:1].new_zeros(1, spec.in_channels, enough, enough))[0] \
+            and enough < 1024:
+        enough *= 2
+    return (f"--input-size {spec.input_size} is too small for {spec.name}'s downsampling: {len(starved)} of its "
+            f"{strided} strided layers ({', '.join(starved[:3])}{', ...' if len(starved) > 3 else ''}) get a 1×1 "
+            f"feature map and reduce nothing; images of {enough}×{enough} or more suit it (--input-size)")
+
+
+def _starved_strided_layers(model: nn.Module, images: torch.Tensor) -> tuple[list[str], int]:
+    """(The strided convolutions and poolings whose input is smaller than 2×2 on ``images``, how many strided
+    layers ran.)"""
+    strided: list[tuple[str, int]] = []
+    names = {module: name for name, module in model.named_modules()}
+
+    def record(module, args, output) -> None:
+        stride = module.stride if isinstance(module.stride, tuple) else (module.stride,) * 2
+        if max(stride) > 1 and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            strided.append((names[module], min(args[0].shape[-2:])))
+
+    handles = [module.register_forward_hook(record) for module in model.modules()
+               if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(images)
+    except Exception:  # a model that reads only its own input size: nothing to say about others
+        return [], 0
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [name for name, side in strided if side < 2], len(strided)
+
+
 def _head(model: nn.Module) -> nn.Linear:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -164,6 +256,10 @@ def _set_module(root: nn.Module, target: nn.Module, replacement: nn.Module) -> N
 
 
 def adapt_head(model: nn.Module, num_classes: int) -> None:
+    if callable(getattr(model, "reset_classifier", None)) and isinstance(getattr(model, "num_classes", None), int):
+        if model.num_classes != num_classes:  # a timm model: its own way, whatever its head is made of
+            model.reset_classifier(num_classes)
+        return
     head = _head(model)
     if head.out_features != num_classes:
         _set_module(model, head, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
@@ -241,7 +337,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _torchvision_state(weights: str, model_name: str) -> dict[str, torch.Tensor]:
     if ":" in model_name:
-        raise SupportpruneError(f"weights {weights!r}: no such file (a user's model takes a weights file)")
+        raise SupportpruneError(f"weights {weights!r}: no such file (a user's or timm model takes a weights file: "
+                                "a state dict saved by torch.save(model.state_dict(), path))")
     import torchvision
 
     try:

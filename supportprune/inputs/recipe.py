@@ -27,6 +27,9 @@ MASK_STORAGES = ("auto", "memory", "disk")
 TARGET_SCHEDULES = ("final", "linear", "cubic")  # MACs target at each alternation point (sparse.target_schedule)
 BETAS = ("zero", "estimated")  # η*'s threshold β in the Sparse step (sparse.beta)
 REVIVALS = ("zero", "restore", "reinit")  # how re-dense brings pruned channels back (redense.revive)
+# The weight criterion that prunes a model with no ReLU or ReLU6 call site (SiLU, GELU, Hardswish: no support to
+# learn) when the recipe asks for the support and the command line did not (sparse.criterion_without_relu).
+CRITERION_WITHOUT_RELU = "l1"
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class SparseConfig(PhaseConfig):
     # What decides the pruning: the learned support (the paper), or a baseline at matched cost: DSD's
     # weight magnitude (unstructured), or a torch-pruning channel importance (CHANNEL_CRITERIA; need target_macs).
     criterion: str = "support"
+    criterion_without_relu: str = CRITERION_WITHOUT_RELU  # a model without ReLU or ReLU6 call sites is pruned by this
     alternation: str = "batch"  # support criterion: B-alternation (Eq. 41) or I-alternation (Eq. 38)
     # support criterion: what scores a channel (SUPPORT_STATISTICS). energy_x_consumer and distill are the defaults
     # because they won on trained starting points (README "Criteria from a trained model").
@@ -168,6 +172,9 @@ class SparseConfig(PhaseConfig):
             _positive(self, "latency_batch_size")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion: must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+        if self.criterion_without_relu not in CHANNEL_CRITERIA:
+            raise ValueError(f"criterion_without_relu: a weight criterion ({', '.join(CHANNEL_CRITERIA)}), "
+                             f"got {self.criterion_without_relu!r}")
         if self.alternation not in ALTERNATIONS or self.alternation == "none":
             raise ValueError(f"alternation: must be batch or instance, got {self.alternation!r}")
         if self.support_statistic not in SUPPORT_STATISTICS:
@@ -285,6 +292,10 @@ class Recipe:
     compile: bool = False  # torch.compile the training step
     sync_batch_norm: bool = False  # under torchrun: batch norm over the global batch, as one process computes it
     data: DataConfig = field(default_factory=DataConfig)
+    # Head warm-up: when the classifier head (or the first convolution) of a trained model was replaced to fit the
+    # data, these epochs train the new layers alone, everything else frozen, before anything is pruned. It runs only
+    # then (a model whose head fits the data skips it).
+    head: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=0.05))
     dense: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=0.1))
     sparse: SparseConfig = field(default_factory=SparseConfig)
     redense: RedenseConfig = field(default_factory=lambda: RedenseConfig(epochs=1, lr=0.001))
@@ -359,17 +370,36 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def with_resolved_preprocessing(recipe: Recipe) -> Recipe:
-    """``recipe`` with ``data.resize_to`` and ``data.crop_fraction`` made explicit for its data source, as a run
-    records them (a run saved before these keys existed resolves to what it did)."""
-    from supportprune.inputs.data import resolve_resize
+    """``recipe`` with ``data.resize_to`` and ``data.crop_fraction`` made explicit for its data source, and the
+    channel count and one mean and std per channel, as a run records them (a run saved before these keys existed
+    resolves to what it did). A mean or std of another length than 1 or the channel count is an error."""
+    from supportprune.inputs.data import native_channels, resolve_resize
 
     data = recipe.data
     try:
         resize_to = resolve_resize(data.source, data.input_size, data.resize_to, data.crop_fraction)
     except SupportpruneError as error:
         raise RecipeError(str(error)) from None
+    channels = data.channels if data.channels is not None else native_channels(data.source)
+    for name, values in (("mean", data.mean), ("std", data.std)):
+        if len(values) not in (1, channels):
+            raise RecipeError(f"data.{name} has {len(values)} values ({', '.join(f'{v:g}' for v in values)}) but the "
+                              f"data has {channels} channel(s); give one value per channel (--{name}) or one for all")
     return dataclasses.replace(recipe, data=dataclasses.replace(
-        data, resize_to=resize_to, crop_fraction=round(data.input_size / resize_to, 6)))
+        data, resize_to=resize_to, crop_fraction=round(data.input_size / resize_to, 6), channels=channels,
+        mean=tuple(data.mean) * (channels // len(data.mean)), std=tuple(data.std) * (channels // len(data.std))))
+
+
+def preprocessing_notes(given: Recipe, resolved: Recipe) -> list[str]:
+    """What resolving the preprocessing decided for the user, said in the log and the report: a one-value mean or
+    std used for every channel."""
+    notes = []
+    if resolved.data.channels > 1 and (len(given.data.mean) == 1 or len(given.data.std) == 1):
+        notes.append(f"data.mean {', '.join(f'{v:g}' for v in given.data.mean)} / data.std "
+                     f"{', '.join(f'{v:g}' for v in given.data.std)}: one value used for all {resolved.data.channels} "
+                     f"channels (mean {list(resolved.data.mean)}, std {list(resolved.data.std)}); give one per channel "
+                     "if the channels differ")
+    return notes
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -140,9 +140,16 @@ class SupportSite(nn.Module):
     computes what the physically pruned model computes.
     """
 
-    def __init__(self, channels: int, inplace: bool = False, upper: float | None = None) -> None:
+    def __init__(self, channels: int, inplace: bool = False, upper: float | None = None, gate=None) -> None:
         super().__init__()
         self.channels = channels
+        # A channel gate at another activation (convert_relus(gate_activations=True)): the output is gate(q)·keep in
+        # every mode, with no support of its own, so a weight criterion prunes a model without ReLU exactly. An
+        # activation module is kept outside the module tree (its state, if any, is not the site's).
+        self.gate = gate.forward if isinstance(gate, nn.Module) else gate
+        self.gate_name = (type(gate).__name__ if isinstance(gate, nn.Module)
+                          else getattr(getattr(gate, "func", gate), "__name__", None) if gate is not None else None)
+        self.ungated = False  # export_ready: every channel kept, the bare activation
         # Replaces an in-place ReLU: eager kernels may write the output into q (no allocation, one
         # pass less over memory on the CPU), as the ReLU did.
         self.inplace = inplace
@@ -165,6 +172,8 @@ class SupportSite(nn.Module):
         self.fixed_support: Tensor | None = None
 
     def extra_repr(self) -> str:
+        if self.gate is not None:
+            return f"channels={self.channels}, gate={self.gate_name}"
         clamp = "" if self.upper is None else f", upper={self.upper:g}"
         return f"channels={self.channels}, mode={self.mode}, granularity={self.granularity}{clamp}"
 
@@ -173,6 +182,9 @@ class SupportSite(nn.Module):
     fused: bool = True
 
     def forward(self, q: Tensor) -> Tensor:
+        if self.gate is not None:
+            out = self.gate(q)
+            return out if self.ungated else out * _per_channel(self.keep.to(out.dtype), out)
         if self.mode == "fixed" or not self.fused or self.upper is not None:
             return self._forward_reference(q)
         if self.mode == "batch" and self.training:

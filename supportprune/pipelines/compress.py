@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supportprune.inputs.recipe import Recipe, with_resolved_preprocessing
+from supportprune.inputs.recipe import Recipe, preprocessing_notes, with_resolved_preprocessing
 from supportprune.pipelines.deliver import ModelSummary, deliver_run
 from supportprune.pipelines.results import CompressMetrics, write_result
-from supportprune.run.phases import DensePhase, RedensePhase
+from supportprune.run.phases import DensePhase, HeadPhase, RedensePhase
 from supportprune.run.setup import opened_run
 from supportprune.run.sparse_phase import SparsePhase
 from supportprune.store.reporter import Reporter
@@ -40,17 +40,22 @@ def compress(
     reporter: Reporter | None = None,
     max_steps_per_epoch: int | None = None,
     deliver: bool = True,
+    criterion_given: bool = False,
 ) -> CompressResult:
     """Run Dense → Sparse (B-alternation, support pruning) → re-Dense, then export and benchmark the three
     models. ``deliver=False`` stops after training (no export, benchmark or report: ``experiment`` takes the
-    metrics, also written to result.json for its reuse)."""
-    recipe = with_resolved_preprocessing(recipe)  # recipe.yaml and the report say exactly how images were prepared
-    phases = (DensePhase.name, SparsePhase.name, RedensePhase.name)  # the recipe sections this command trains
+    metrics, also written to result.json for its reuse). ``criterion_given``: the command line chose
+    ``sparse.criterion`` (then a model without ReLU is refused the support, not given
+    ``sparse.criterion_without_relu``)."""
+    given, recipe = recipe, with_resolved_preprocessing(recipe)  # recipe.yaml and the report say how images were prepared
+    phases = (HeadPhase.name, DensePhase.name, SparsePhase.name, RedensePhase.name)  # the recipe sections it trains
     with opened_run(model_name, recipe, out_dir, command="compress", phases=phases, device=device, restart=restart,
-                    reporter=reporter, max_steps=max_steps_per_epoch) as run:
+                    reporter=reporter, max_steps=max_steps_per_epoch, criterion_given=criterion_given,
+                    notes=preprocessing_notes(given, recipe)) as run:
         context = run.context
         sparse = SparsePhase(context)  # re-Dense revives what Sparse pruned (redense.revive: restore)
-        run.run_phases([DensePhase(context), sparse, RedensePhase(context, sparse)])
+        # the head warm-up trains only a head (or first convolution) replaced to fit the data, before any cut
+        run.run_phases([HeadPhase(context), DensePhase(context), sparse, RedensePhase(context, sparse)])
         metrics = CompressMetrics.of(context)
         if not deliver:
             if context.cluster.is_main:

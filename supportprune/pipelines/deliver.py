@@ -57,7 +57,7 @@ def deliver_run(context: RunContext) -> tuple[list[ModelSummary], list[Any]]:
     seconds = time.perf_counter() - context.started
     with stage("writing the report"):
         write_report(layout, context.model_name, recipe, context.data.description, summaries, bench, context.state,
-                     seconds)
+                     seconds, context.notes)
     reporter.message(f"report: {layout.report}")
     return summaries, bench
 
@@ -75,7 +75,7 @@ def load_run_models(layout: RunLayout, device: torch.device | str = "cpu") -> tu
         path = layout.model_state(kind)
         if not path.exists():
             raise SupportpruneError(f"{path} is missing: the run has not finished its {kind} phase; run compress again to resume")
-        model = convert_relus(build_model(spec, None), spec.example_input())
+        model = convert_relus(build_model(spec, None), spec.example_input(), gate_activations=spec.gate_activations)
         model.load_state_dict(read_checkpoint(path)["model"])
         if kind == "sparse":
             model = dsd.build_sparse_model(model, spec.example_input())

@@ -40,7 +40,21 @@ def summary_table(summaries: Sequence[Any], bench: Sequence[Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(layout, model_name, recipe, data_description, summaries, bench, state, seconds) -> None:
+def _notes_text(notes) -> str:
+    """What the run changed in the user's model or data, or noticed about them (also in the log)."""
+    return "".join(f"\n- {note}" for note in notes) + ("\n" if notes else "")
+
+
+def _start_text(state) -> str:
+    """The starting model's top-1 on the user's data, before anything was cut."""
+    if state.baseline_top1 is None:
+        return ""
+    head = (f" (with the replaced head untrained: {state.untrained_head_top1:.2f}%; then the head warm-up, "
+            "`head.epochs`)" if state.untrained_head_top1 is not None else "")
+    return f"\nStarting model on this data, before any cut: top-1 {state.baseline_top1:.2f}%{head}.\n"
+
+
+def write_report(layout, model_name, recipe, data_description, summaries, bench, state, seconds, notes=()) -> None:
     plots = []
     no_plots = plots_unavailable()
     if no_plots is None:
@@ -87,7 +101,7 @@ def write_report(layout, model_name, recipe, data_description, summaries, bench,
 
 Dense–Sparse–Dense with {_criterion_text(recipe.sparse)}, on {data_description}.
 Wall time {seconds:.0f} s. Recipe: `recipe.yaml`; per-epoch metrics: `metrics.jsonl`; benchmark: `benchmark.json`.
-
+{_notes_text(notes)}{_start_text(state)}
 {summary_table(summaries, bench)}
 
 ONNX Runtime provider: {provider}. MACs are counted by torch-pruning for one image. Top-1 is on the validation split. "sparse" is the physically pruned

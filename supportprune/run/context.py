@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -35,6 +36,8 @@ class RunContext:
     state: RunState
     max_steps: Optional[int]
     started: float
+    notes: list[str] = field(default_factory=list)  # what the run changed or noticed, in the log and the report
+    new_layers: list[str] = field(default_factory=list)  # layers replaced to fit the data (the head warm-up trains them)
 
     def ordered_train_loader(self, with_indices: bool = False):
         """The training set in index order, unshuffled: the passes that estimate supports, count them, or

@@ -5,6 +5,7 @@ epoch's record) → ``finish``; ``state_dict``/``load_state_dict`` carry what a 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any, Callable, Optional
 
@@ -65,13 +66,46 @@ class Phase:
     def distillation_loss(self, distill) -> DistillationLoss:
         """The teacher is the model at the end of the Dense step (models/baseline.pt), frozen, in eval mode."""
         context = self.context
-        teacher = convert_relus(build_model(context.spec, None), context.spec.example_input())
+        spec = context.spec
+        teacher = convert_relus(build_model(spec, None), spec.example_input(), gate_activations=spec.gate_activations)
         teacher.load_state_dict(read_checkpoint(context.layout.model_state("baseline"))["model"])
         return DistillationLoss(teacher.to(context.device), distill.alpha, distill.temperature)
 
     def save_model(self, kind: str) -> None:
         if self.context.cluster.is_main:
             save_model_state(self.context.layout.model_state(kind), self.context.model)
+
+
+class HeadPhase(Phase):
+    """Head warm-up: the layers replaced to fit the data (``context.new_layers``: a new classifier head, an adapted
+    first convolution) train alone, the rest frozen, so that nothing is pruned on an untrained head. Runs only
+    when a layer was replaced (``head.epochs`` of the recipe)."""
+
+    name = "head"
+
+    def __init__(self, context: RunContext) -> None:
+        super().__init__(context)
+        if not context.new_layers:
+            self.config = dataclasses.replace(self.config, epochs=0)
+
+    def start(self, fresh: bool) -> None:
+        context = self.context
+        if self.config.epochs == 0:
+            return
+        if fresh and context.state.epoch == 0:
+            _, top1 = evaluate(context.model, context.val_loader, context.device, reduce=context.cluster.all_reduce_sum)
+            context.state.untrained_head_top1 = top1
+            context.reporter.message(f"before the head warm-up (new {', '.join(context.new_layers)} untrained): "
+                                     f"val top-1 {top1:.2f}%; training {', '.join(context.new_layers)} alone for "
+                                     f"{self.config.epochs} epochs (head.epochs)")
+        new = {id(p) for path in context.new_layers for p in context.model.get_submodule(path).parameters()}
+        for parameter in context.model.parameters():
+            parameter.requires_grad_(id(parameter) in new)
+        super().start(fresh)
+
+    def finish(self) -> None:
+        for parameter in self.context.model.parameters():
+            parameter.requires_grad_(True)
 
 
 class DensePhase(Phase):
@@ -83,6 +117,8 @@ class DensePhase(Phase):
         context = self.context
         _, context.state.baseline_top1 = evaluate(context.model, context.val_loader, context.device,
                                                   reduce=context.cluster.all_reduce_sum)
+        context.reporter.message(f"starting model before any cut: val top-1 {context.state.baseline_top1:.2f}% "
+                                 "on your validation data")
         self.save_model("baseline")
 
 

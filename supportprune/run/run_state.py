@@ -26,7 +26,8 @@ class RunState:
     partial: dict[str, Any] = field(default_factory=dict)  # running sums of the current epoch
     metrics: list[dict[str, Any]] = field(default_factory=list)
     alternations: list[dict[str, Any]] = field(default_factory=list)
-    baseline_top1: Optional[float] = None
+    baseline_top1: Optional[float] = None  # the starting model's, after the head warm-up and Dense step: before any cut
+    untrained_head_top1: Optional[float] = None  # before the head warm-up, with the replaced head untrained
     revived_channels: Optional[int] = None
     channels_total: dict[str, int] = field(default_factory=dict)
     # [phase, step within the phase, mean training loss, training error (%)] over the last window of steps

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -16,12 +17,12 @@ import torch
 
 from supportprune.errors import SupportpruneError
 from supportprune.inputs.data import recipe_loaders
-from supportprune.inputs.models import ModelSpec, build_model, check_forward
+from supportprune.inputs.models import ModelSpec, build_model, check_forward, downsampling_note
 from supportprune import __version__
 from supportprune.inputs.recipe import Recipe, recipe_differences
 from supportprune.method.pruning import count_macs_params
-from supportprune.method.convert import convert_relus
-from supportprune.method.support import kept_channel_counts, set_site_mode
+from supportprune.method.convert import activation_census, convert_relus
+from supportprune.method.support import kept_channel_counts, set_site_mode, support_sites
 from supportprune.store.atomic import atomic_write_text
 from supportprune.run.context import RunContext
 from supportprune.run.distributed import cluster_device, init_cluster, shutdown_cluster
@@ -52,10 +53,12 @@ class OpenedRun:
 
 @contextmanager
 def opened_run(model_name: str, recipe: Recipe, out_dir: Path, *, command: str, phases: Sequence[str],
-               device: str, restart: bool, reporter: Reporter | None, max_steps: int | None) -> Iterator[OpenedRun]:
+               device: str, restart: bool, reporter: Reporter | None, max_steps: int | None,
+               criterion_given: bool | None = None, notes: Sequence[str] = ()) -> Iterator[OpenedRun]:
     """Join the processes (torchrun), catch SIGINT/SIGTERM, open the run directory and build the data and model;
     the processes are left again on the way out. Only rank 0 reports. ``command`` and ``phases`` (the recipe
-    sections of the phases it runs, in order) decide which earlier run the directory may resume."""
+    sections of the phases it runs, in order) decide which earlier run the directory may resume; ``criterion_given``
+    and ``notes``: see ``build_context``."""
     started = time.perf_counter()
     cluster = init_cluster(device)
     try:
@@ -65,7 +68,8 @@ def opened_run(model_name: str, recipe: Recipe, out_dir: Path, *, command: str, 
             with stage("opening the run directory"):
                 resuming = open_run_dir(layout, recipe, model_name, cluster, reporter, restart, command,
                                         tuple(phases))
-            context = build_context(model_name, recipe, layout, cluster, reporter, device, max_steps, started)
+            context = build_context(model_name, recipe, layout, cluster, reporter, device, max_steps, started,
+                                    criterion_given, list(notes))
             yield OpenedRun(context, resuming, stop_requests)
     finally:
         shutdown_cluster(cluster)
@@ -97,8 +101,12 @@ def open_run_dir(layout: RunLayout, recipe: Recipe, model_name: str, cluster, re
 
 
 def build_context(model_name: str, recipe: Recipe, layout: RunLayout, cluster, reporter: Reporter,
-                  requested_device: str, max_steps: int | None, started: float) -> RunContext:
-    """Data, loaders and the model with its ReLUs as support sites (thresholding: η*, Eq. 9)."""
+                  requested_device: str, max_steps: int | None, started: float,
+                  criterion_given: bool | None = None, notes: list[str] | None = None) -> RunContext:
+    """Data, loaders and the model with its ReLUs as support sites (thresholding: η*, Eq. 9). ``criterion_given``
+    (compress; None for train): whether the command line chose ``sparse.criterion``; the criterion is then fitted
+    to the model's activations (``choose_criterion``). ``notes``: what was decided about the run already, for the
+    log and the report."""
     seed_everything(recipe.seed)
     device = choose_device(cluster_device(cluster, requested_device))
     with stage("loading the data"):
@@ -106,14 +114,32 @@ def build_context(model_name: str, recipe: Recipe, layout: RunLayout, cluster, r
                                                         world_size=cluster.world_size, with_indices=True)
     processes = f", {cluster.world_size} processes" if cluster.distributed else ""
     reporter.message(f"data: {data.description}; device: {device}{processes}")
+    notes = list(notes or [])
     spec = ModelSpec(model_name, data.num_classes, data.channels, recipe.data.input_size, dict(recipe.model_args))
+    changes: list[tuple[str, str]] = []
+    with stage("building the model"):
+        plain_model = build_model(spec, recipe.weights, changes)
+        check_forward(plain_model, spec)
+    notes.extend(sentence for _, sentence in changes)
+    small = downsampling_note(plain_model, spec)
+    if small:
+        notes.append(small)
+    gates, census = False, None
+    if criterion_given is not None:
+        census = activation_census(plain_model, spec.example_input())
+        recipe, gates = choose_criterion(census, spec, recipe, criterion_given, notes)
+        spec = dataclasses.replace(spec, gate_activations=gates)
     if cluster.is_main:  # what `supportprune export` needs to rebuild the models
         info = {**json.loads(layout.run_info.read_text()), "spec": asdict(spec)}
         atomic_write_text(layout.run_info, json.dumps(info, indent=2))
-    with stage("building the model"):
-        plain_model = build_model(spec, recipe.weights)
-        check_forward(plain_model, spec)
-        model = convert_relus(plain_model, spec.example_input()).to(device)
+    with stage("converting the model"):
+        model = convert_relus(plain_model, spec.example_input(), gate_activations=gates).to(device)
+    if census is not None and recipe.sparse.criterion == "support":
+        note = support_site_note(model, spec, census[1])
+        if note:
+            notes.append(note)
+    for note in notes:
+        reporter.message(note)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if recipe.sync_batch_norm and cluster.distributed:
@@ -123,7 +149,8 @@ def build_context(model_name: str, recipe: Recipe, layout: RunLayout, cluster, r
     baseline_macs, baseline_params = count_macs_params(model, example)
     state = RunState(channels_total={n: total for n, (_, total) in kept_channel_counts(model).items()})
     return RunContext(model_name, recipe, layout, cluster, reporter, device, data, train_loader, val_loader, spec,
-                      model, example, baseline_macs, baseline_params, state, max_steps, started)
+                      model, example, baseline_macs, baseline_params, state, max_steps, started, notes,
+                      [path for path, _ in changes])
 
 
 # Settings that never force retraining: they act after training (export, bench) or not on what is computed.
@@ -208,3 +235,42 @@ def run_info(model_name: str, command: str = "compress") -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def choose_criterion(census: tuple[int, list[str]], spec: ModelSpec, recipe: Recipe, criterion_given: bool,
+                     notes: list[str]) -> tuple[Recipe, bool]:
+    """The Sparse step's criterion for this model, and whether its other activations become channel gates (every
+    weight criterion: they prune at any activation). The support needs ReLU or ReLU6 call sites: a model with none
+    is pruned by ``sparse.criterion_without_relu`` (said in ``notes``), or refused when the command line asked for
+    the support. ``census``: ``activation_census`` of the model."""
+    sparse = recipe.sparse
+    if sparse.criterion != "support":
+        return recipe, True
+    relus, others = census
+    if relus:
+        return recipe, False
+    found = ", ".join(others) if others else "no activation"
+    if criterion_given:
+        raise SupportpruneError(
+            f"--criterion support needs ReLU or ReLU6 call sites and {spec.name} has none (found {found}); "
+            f"prune it by a weight criterion, e.g. --criterion {sparse.criterion_without_relu}")
+    try:
+        recipe = dataclasses.replace(recipe, sparse=dataclasses.replace(sparse, criterion=sparse.criterion_without_relu))
+    except ValueError as error:
+        raise SupportpruneError(f"{spec.name} has no ReLU call site (found {found}) and criterion "
+                                f"{sparse.criterion_without_relu} cannot run with this recipe: {error}") from None
+    notes.append(f"{spec.name} has no ReLU or ReLU6 call site (found {found}), so no support to learn: pruned by "
+                 f"{sparse.criterion_without_relu} (sparse.criterion_without_relu) instead of the support")
+    return recipe, True
+
+
+def support_site_note(model, spec: ModelSpec, others: list[str]) -> str | None:
+    """For a model that mixes ReLU with ``others`` (activations), under the support criterion: which layers have
+    support sites (channels that reach only the others are not pruned)."""
+    if not others:
+        return None
+    names = [name for name, _ in support_sites(model)]
+    shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+    return (f"{spec.name} mixes ReLU with {', '.join(others)}: support sites at its ReLU/ReLU6 calls only ({shown}); "
+            f"channels that reach only {', '.join(others)} layers are not pruned (a weight criterion, e.g. "
+            "--criterion l1, prunes at every activation)")
