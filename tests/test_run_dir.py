@@ -69,7 +69,7 @@ def test_export_and_bench_settings_never_force_retraining(tmp_path, trained):
     before = (out / "metrics.jsonl").read_text()
     result = _run(tmp_path, out, **{"bench.runs": 3, "export.check_batch": 4})
     assert result.exit_code == 0, result.output
-    assert "export (training trained)" in result.output and "bench.runs changed from 2 to 3" in result.output
+    assert "export (training finished)" in result.output and "bench.runs changed from 2 to 3" in result.output
     assert (out / "metrics.jsonl").read_text() == before
 
 
