@@ -24,16 +24,17 @@ _MAGIC = b"SPCKPT1\n"
 _HEADER = len(_MAGIC) + 65  # magic, SHA-256 hex digest, newline
 
 # torch's weights-only refusal wraps the reason in boilerplate, numbered options among it, one of which is
-# loading with weights_only=False: never quoted. The reason is the WeightsUnpickler line, less its allowlisting advice.
+# loading with weights_only=False: never quoted. The reason is the line naming what was refused, less its advice.
 _BOILERPLATE = re.compile(r"^(Weights only load failed|Please file an issue|Check the documentation|In PyTorch 2\.6|"
                           r"\(\d+\)|\[\d+\]|\d+\.\s)")
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_REASON = re.compile(r"^Weights\w+ error:(.*)")  # torch's line stating what the weights-only reader refused
 
 
 def refusal_reason(message: str) -> str:
     """What torch's weights-only refusal ``message`` objects to, without its advice (never weights_only=False)."""
     lines = [_ANSI_ESCAPE.sub("", line).strip() for line in message.splitlines()]
-    reason = next((line.split("WeightsUnpickler error:", 1)[1].strip() for line in lines if "WeightsUnpickler error:" in line),
+    reason = next((found.group(1).strip() for found in map(_REASON.search, lines) if found),
                   next((line for line in lines if line and not _BOILERPLATE.match(line)), ""))
     reason = re.split(r"\s(?:Please use|To allowlist|If you trust)", reason)[0].strip()
     return reason[:200] if reason and "weights_only" not in reason else "unsupported content"
