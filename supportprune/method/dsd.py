@@ -109,7 +109,7 @@ def alternation_point(
     criterion = criterion or make_criterion(config, seed=seed)
     scores = criterion.scores(model, example_input)
     predicted_speedup = None
-    rounding = {"round_to": config.round_to, "concat_round_to": config.concat_round_to}  # every plan, one rule
+    rounding = _rounding(config)
     if config.allocation == "latency":
         if layer_latency is None:
             raise ValueError("allocation latency needs a layer latency table")
@@ -121,9 +121,7 @@ def alternation_point(
         threshold = float(torch.cat(pruned).max()) if sum(p.numel() for p in pruned) else 0.0
         predicted_speedup = dense_latency / latency if latency > 0 else None
     elif config.target_macs is not None:
-        target = int(config.target_macs * baseline_macs)
-        threshold, keep, macs = search_relative_threshold(model, example_input, scores, target, **rounding)
-        keep, _ = fill_macs_budget(model, example_input, scores, keep, macs, target, **rounding)
+        threshold, keep = planned_cut(model, example_input, config, baseline_macs, scores)
     else:  # the support without a target: the channels whose support stayed zero at the training threshold
         threshold = float(next(site for _, site in support_sites(model)).relative_threshold)
         keep = plan_keep_masks(model, example_input, zero_support_channels(model), scores=scores, **rounding)
@@ -135,6 +133,24 @@ def alternation_point(
     total = sum(mask.numel() for mask in keep.values())
     return AlternationResult(threshold, kept, total, macs, observed, params, config.criterion, config.allocation,
                              predicted_speedup)
+
+
+def _rounding(config: SparseConfig) -> dict:
+    """Every plan, one rounding rule and one collapse guard (``SiteGroup.floor``), whatever the criterion."""
+    return {"round_to": config.round_to, "concat_round_to": config.concat_round_to,
+            "max_pruning_ratio": config.max_pruning_ratio}
+
+
+def planned_cut(model: nn.Module, example_input: Tensor, config: SparseConfig, baseline_macs: int,
+                scores: dict[str, Tensor], *, fill: bool = True) -> tuple[float, dict[str, Tensor]]:
+    """The global cut of ``scores`` to ``config.target_macs``: the threshold search, then (``fill``) the budget
+    given back best score first. Returns (threshold, keep masks)."""
+    target = int(config.target_macs * baseline_macs)
+    rounding = _rounding(config)
+    threshold, keep, macs = search_relative_threshold(model, example_input, scores, target, **rounding)
+    if fill:
+        keep, _ = fill_macs_budget(model, example_input, scores, keep, macs, target, **rounding)
+    return threshold, keep
 
 
 def magnitude_point(
