@@ -30,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,11 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criteria", help="comma-separated (default: the stage's)")
     parser.add_argument("--seeds", default="0", help="seeds of the learned and guard stages")
     parser.add_argument("--max-steps", type=int, default=10, help="training steps per epoch of every run")
+    parser.add_argument("--wait", type=float, default=0, help="minutes to wait for a starting point still training")
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     manifest = json.loads(Path("starting-points/manifest.json").read_text())["models"]
     data = study_data(ROOT / "runs" / f"study-data-{TEST_IMAGES}")
     for name in args.models.split(","):
+        waited = 0.0
+        while name not in manifest and waited < args.wait:
+            time.sleep(30)
+            waited += 0.5
+            manifest = json.loads(Path("starting-points/manifest.json").read_text())["models"]
         entry = manifest.get(name)
         if entry is None or not Path("starting-points", entry["file"]).exists():
             print(f"study: {name} is not trained yet (tools/train_starting_points.py), skipped", flush=True)
