@@ -140,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
              "(benchmarks/criteria/study.py; recipe benchmarks/criteria/study.yaml). Cases: starting point @ "
              "fraction of the MACs kept. Chosen by the smallest worst-case gap (ties: the mean gap), over the "
              f"seeds table where a criterion has every case there, else the screen: **{chosen}**.", ""]
-    lines += markdown("Seeds 0-2: the strongest criteria and the default candidates", seeded, default, (0, 1, 2))
+    if seeded["summary"]:
+        lines += markdown("Seeds 0-2: the strongest criteria and the default candidates", seeded, default, (0, 1, 2))
+    else:
+        lines += ["No criterion has runs with seeds 0-2 yet: the choice is the screen's (one seed).", ""]
     lines += markdown("Screen: every criterion, seed 0", screen, default, (0,))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(lines))
