@@ -113,6 +113,17 @@ class SparseConfig(PhaseConfig):
     # a Concat in their blocked layout only at multiples of their block, 16 with AVX-512 (SiteGroup.rounding).
     concat_round_to: Optional[int] = None
     prune_at: tuple[int, ...] = ()  # epochs (1-based) after which zero-support channels are pruned; () = last
+    # The collapse guard of every channel criterion (pruning.SiteGroup.floor): at most this share of a coupled
+    # group's channels is cut (Torch-Pruning's max_pruning_ratio; 1: no cap). A layer is never emptied, nor a
+    # fully-connected layer left narrower than its output or the classes, whatever this is. 0.75 leaves a criterion
+    # free to cut a layer to a quarter, past the ~0.55 a uniform cut keeps at 0.3 of the MACs, and stops the
+    # criteria that cut a layer to its last rounding multiple (README "A default that carries over").
+    max_pruning_ratio: float = 0.75
+    # Learned sparsity before the cut (method.group_decay): up to the first alternation point, the channels the
+    # criterion's plan would cut fade, their producing weights decayed at a growing rate, by this many e-folds in
+    # all (0: off). The cut then removes channels with (almost) zero support. Global allocation, a MACs target,
+    # and a criterion that scores without observing batches.
+    group_decay: float = 0.0
     # What decides the pruning: the learned support (the paper), or a baseline at matched cost: DSD's
     # weight magnitude (unstructured), or a torch-pruning channel importance (CHANNEL_CRITERIA; need target_macs).
     criterion: str = "support"
@@ -188,6 +199,15 @@ class SparseConfig(PhaseConfig):
         if self.target_macs is not None and not 0 < self.target_macs <= 1:
             raise ValueError(f"target_macs: a fraction in (0, 1], got {self.target_macs}")
         _positive(self, "round_to")
+        if self.group_decay < 0:
+            raise ValueError(f"group_decay: e-folds of decay, 0 (off) or more, got {self.group_decay}")
+        if self.group_decay and (self.target_macs is None or self.allocation != "global"
+                                 or self.criterion in ("magnitude", "taylor", "hessian")):
+            raise ValueError("group_decay: fades the channels a global cut to target_macs would remove; it needs "
+                             "target_macs, allocation global and a criterion that scores without observing batches "
+                             "(not magnitude, taylor or hessian)")
+        if not 0 <= self.max_pruning_ratio <= 1:
+            raise ValueError(f"max_pruning_ratio: a fraction in [0, 1] (1: no cap), got {self.max_pruning_ratio}")
         if self.concat_round_to is not None:
             _positive(self, "concat_round_to")
         bad = [e for e in self.prune_at if not 1 <= e <= self.epochs]

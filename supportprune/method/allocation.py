@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from supportprune.method.pruning import dependency_graph, macs_with_keep_masks, rounded_keep_count, site_groups
+from supportprune.method.pruning import dependency_graph, macs_with_keep_masks, site_groups
 from supportprune.method.support import support_sites
 
 LayerLatency = Callable[[str, int, int], float]
@@ -111,15 +111,14 @@ class _Group:
     dead: int  # root channels already pruned before this allocation
     channels: int
     round_to: int  # its kept count is a multiple of this (SiteGroup.rounding)
+    floor: int  # it never keeps fewer (SiteGroup.floor: the collapse guard)
     layers: list[tuple[str, str, float]] = field(default_factory=list)  # (layer, "in"|"out", widths per channel)
     kept: int = 0
 
     def next_kept(self) -> int | None:
-        """Kept count after one more step, or None when the group is at its floor (one multiple)."""
-        round_to = self.round_to
-        floor = rounded_keep_count(1, self.channels, round_to)
-        step = ((self.kept - 1) // round_to) * round_to
-        new = max(floor, step)
+        """Kept count after one more step, or None when the group is at its floor (the collapse guard)."""
+        step = ((self.kept - 1) // self.round_to) * self.round_to
+        new = max(self.floor, step)
         return new if new < self.kept else None
 
 
@@ -132,11 +131,12 @@ def latency_aware_keep_masks(
     *,
     round_to: int = 1,
     concat_round_to: int | None = None,
+    max_pruning_ratio: float = 1.0,
 ) -> tuple[dict[str, Tensor], int, float]:
     """Keep masks (per site, 0/1) that bring the predicted latency of the pruned model's convolution and
     linear layers to ``target_latency`` (seconds, as ``layer_latency`` counts them) or below, or as close
-    as the floors (one rounding multiple per group: ``SiteGroup.rounding`` of ``round_to`` and
-    ``concat_round_to``) allow.
+    as the floors (``SiteGroup.floor``: the collapse guard with ``max_pruning_ratio``, in multiples of
+    ``SiteGroup.rounding`` of ``round_to`` and ``concat_round_to``) allow.
 
     ``scores[site]`` ranks a site's channels (support statistics, or a baseline's norms); a root channel
     scores the highest of its sites (it lives while any site needs it). Channels already pruned stay
@@ -158,7 +158,8 @@ def latency_aware_keep_masks(
         alive = previously_alive.nonzero().flatten()
         order = alive[torch.argsort(score[alive], stable=True)].tolist()
         state = _Group(order, score, site_group.channels - len(order), site_group.channels,
-                       site_group.rounding(round_to, concat_round_to), kept=len(order))
+                       site_group.rounding(round_to, concat_round_to),
+                       site_group.floor(round_to, concat_round_to, max_pruning_ratio), kept=len(order))
         for item in site_group.group:
             layer = names.get(item.dep.target.module)
             if layer in shapes and item.idxs:

@@ -120,7 +120,7 @@ def alternation_point(
     criterion = criterion or make_criterion(config, seed=seed)
     scores = criterion.scores(model, example_input)
     predicted_speedup = measured = None
-    rounding = {"round_to": config.round_to, "concat_round_to": config.concat_round_to}  # every plan, one rule
+    rounding = _rounding(config)
     if config.allocation == "measured":
         if model_time is None:
             raise ValueError("allocation measured needs a whole-model timing function")
@@ -137,9 +137,7 @@ def alternation_point(
         threshold = _highest_pruned(model, scores, keep)
         predicted_speedup = dense_latency / latency if latency > 0 else None
     elif config.target_macs is not None:
-        target = int(config.target_macs * baseline_macs)
-        threshold, keep, macs = search_relative_threshold(model, example_input, scores, target, **rounding)
-        keep, _ = fill_macs_budget(model, example_input, scores, keep, macs, target, **rounding)
+        threshold, keep = planned_cut(model, example_input, config, baseline_macs, scores)
     else:  # the support without a target: the channels whose support stayed zero at the training threshold
         threshold = float(next(site for _, site in support_sites(model)).relative_threshold)
         keep = plan_keep_masks(model, example_input, zero_support_channels(model), scores=scores, **rounding)
@@ -158,6 +156,24 @@ def _highest_pruned(model: nn.Module, scores: dict[str, Tensor], keep: dict[str,
     """The highest score among the channels a plan prunes now (the threshold an allocation amounts to)."""
     pruned = [scores[name].cpu()[(site.keep.cpu() > 0) & (keep[name].cpu() == 0)] for name, site in support_sites(model)]
     return float(torch.cat(pruned).max()) if sum(p.numel() for p in pruned) else 0.0
+
+
+def _rounding(config: SparseConfig) -> dict:
+    """Every plan, one rounding rule and one collapse guard (``SiteGroup.floor``), whatever the criterion."""
+    return {"round_to": config.round_to, "concat_round_to": config.concat_round_to,
+            "max_pruning_ratio": config.max_pruning_ratio}
+
+
+def planned_cut(model: nn.Module, example_input: Tensor, config: SparseConfig, baseline_macs: int,
+                scores: dict[str, Tensor], *, fill: bool = True) -> tuple[float, dict[str, Tensor]]:
+    """The global cut of ``scores`` to ``config.target_macs``: the threshold search, then (``fill``) the budget
+    given back best score first. Returns (threshold, keep masks)."""
+    target = int(config.target_macs * baseline_macs)
+    rounding = _rounding(config)
+    threshold, keep, macs = search_relative_threshold(model, example_input, scores, target, **rounding)
+    if fill:
+        keep, _ = fill_macs_budget(model, example_input, scores, keep, macs, target, **rounding)
+    return threshold, keep
 
 
 def magnitude_point(

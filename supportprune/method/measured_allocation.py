@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from supportprune.method.pruning import dependency_graph, rounded_keep_count, site_groups
+from supportprune.method.pruning import dependency_graph, site_groups
 from supportprune.method.support import support_sites
 
 # Seconds one forward pass of the whole model takes when pruned to the given keep masks (site -> 0/1 per channel).
@@ -57,6 +57,7 @@ class _Candidate:
     scores: Tensor
     channels: int
     rounding: int
+    floor: int  # the collapse guard's fewest channels (SiteGroup.floor)
     members: list = field(default_factory=list)
     kept: int = 0
     # last measurement of this group's next cut: (state version it was measured at, time ÷ current model's time,
@@ -64,9 +65,8 @@ class _Candidate:
     measured: tuple[int, float, float, bool] | None = None
 
     def next_kept(self, step_fraction: float) -> int | None:
-        floor = rounded_keep_count(1, self.channels, self.rounding)
         cut = max(self.rounding, int(step_fraction * self.channels) // self.rounding * self.rounding)
-        new = max(floor, (self.kept - cut) // self.rounding * self.rounding)
+        new = max(self.floor, (self.kept - cut) // self.rounding * self.rounding)
         return new if new < self.kept else None
 
     def support_lost(self, new_kept: int) -> float:
@@ -83,6 +83,7 @@ def measured_keep_masks(
     *,
     round_to: int = 1,
     concat_round_to: int | None = None,
+    max_pruning_ratio: float = 1.0,
     step_fraction: float = 0.125,
     repeats: int = 3,
     max_timings: int = 600,
@@ -107,6 +108,7 @@ def measured_keep_masks(
         living = alive.nonzero().flatten()
         order = living[torch.argsort(score[living], stable=True)].tolist()
         groups.append(_Candidate(order, score, site_group.channels, site_group.rounding(round_to, concat_round_to),
+                                 site_group.floor(round_to, concat_round_to, max_pruning_ratio),
                                  list(site_group.members), kept=len(order)))
     base = {name: (site.keep > 0).cpu().clone() for name, site in support_sites(model)}
 

@@ -79,6 +79,8 @@ class SiteGroup:
     members: tuple[SiteMember, ...]
     group: Any = None  # torch-pruning's group, for its importance criteria
     feeds_concat: bool = False  # its channels reach a concatenation (an inception block's branch outputs)
+    # The fewest channels it may keep for the fully-connected layers it feeds (``_fully_connected_floor``).
+    min_channels: int = 1
 
     def rounding(self, round_to: int, concat_round_to: int | None = None) -> int:
         """The multiple this group's kept count is rounded to: ``round_to``, and for a group that feeds a
@@ -87,6 +89,16 @@ class SiteGroup:
         channel count is a multiple of the block (16 with AVX-512): googlenet pruned in 8s ran 0.65 of its MACs
         cut at batch 64, with its Concat inputs in 16s 0.84–0.91 (benchmarks/results/2026-11-24-cpu-share-one-thread.md)."""
         return math.lcm(round_to, concat_round_to) if self.feeds_concat and concat_round_to else round_to
+
+    def floor(self, round_to: int, concat_round_to: int | None = None, max_pruning_ratio: float = 1.0) -> int:
+        """The fewest channels this group keeps, whatever a criterion scores: the collapse guard. At most
+        ``max_pruning_ratio`` of its channels are cut (Torch-Pruning's ``max_pruning_ratio``), never all of them,
+        never so many that a fully-connected layer it feeds is left narrower than its output or the classes
+        (``min_channels``); rounded up to the group's multiple. Every plan (threshold search, budget fill,
+        latency allocation) keeps at least this many, so every criterion gets the same guard."""
+        capped = math.ceil((1.0 - max_pruning_ratio) * self.channels - 1e-9)
+        return rounded_keep_count(max(capped, self.min_channels, 1), self.channels,
+                                  self.rounding(round_to, concat_round_to))
 
     def alive(self, site_alive: dict[str, Tensor]) -> Tensor:
         """A root channel lives if any site of the group keeps it."""
@@ -132,11 +144,37 @@ def _is_channel_concat(module: nn.Module) -> bool:
     return isinstance(module, tp.ops._ConcatOp) and module.concat_sizes is not None
 
 
+def _fully_connected_floor(graph: tp.DependencyGraph, group, channels: int, classes: int) -> int:
+    """The fewest of ``channels`` the group may keep so that a cut leaves no fully-connected layer reading them
+    narrower than its own output or than the ``classes`` (a hidden layer of 128 → 10 cut to 4 units cannot
+    separate ten classes; issue #20's plain CNN). A flattened feature map gives the layer several inputs per
+    channel; a fully-connected layer whose outputs are the channels keeps at least ``classes``. A layer that is
+    narrower than that already (ImageNet's 512 → 1000 head) is the architecture's choice, not a cut's: no floor."""
+    floor = 1
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, nn.Linear) or not item.idxs:
+            continue
+        per_channel = len(item.idxs) / channels
+        width = max(module.out_features, classes) if graph.is_in_channel_pruning_fn(item.dep.handler) else classes
+        needed = math.ceil(width / per_channel)
+        if needed <= channels:
+            floor = max(floor, needed)
+    return floor
+
+
+def _classes(model: nn.Module) -> int:
+    """The width of the classifier's output: the last fully-connected layer's (1 when there is none)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else 1
+
+
 def site_groups(graph: tp.DependencyGraph) -> Iterator[SiteGroup]:
     """The pruning groups that contain at least one support site; groups without one (the classifier's
     output, say) are never pruned: no support speaks for them, nor are groups whose consumers read
     values that bypass every site (``_consumers_read_sites``)."""
     names = {site: name for name, site in support_sites(graph.model)}
+    classes = _classes(graph.model)
     for group in graph.get_all_groups(root_module_types=PRUNABLE_ROOTS):
         if not _consumers_read_sites(graph, group):
             continue
@@ -149,8 +187,9 @@ def site_groups(graph: tp.DependencyGraph) -> Iterator[SiteGroup]:
         if members:
             feeds_concat = any(_is_channel_concat(item.dep.source.module) or _is_channel_concat(item.dep.target.module)
                                for item in group)
-            yield SiteGroup(root_item.dep.target.module, root_item.dep.handler, len(root_item.idxs), tuple(members),
-                            group, feeds_concat)
+            channels = len(root_item.idxs)
+            yield SiteGroup(root_item.dep.target.module, root_item.dep.handler, channels, tuple(members),
+                            group, feeds_concat, _fully_connected_floor(graph, group, channels, classes))
 
 
 def rounded_keep_count(alive: int, channels: int, round_to: int) -> int:
@@ -169,13 +208,15 @@ def plan_keep_masks(
     round_to: int = 1,
     scores: dict[str, Tensor] | None = None,
     concat_round_to: int | None = None,
+    max_pruning_ratio: float = 1.0,
 ) -> dict[str, Tensor]:
     """Which channels every site keeps, given which channels have zero support at each site.
 
     ``zero_support[name]`` is a boolean per channel (True: the support stayed zero). Channels already
     pruned (keep = 0) stay pruned. Per coupled group, a channel survives if any site keeps it; then the
     count is rounded up to ``round_to`` (and ``concat_round_to`` for a group feeding a concatenation:
-    ``SiteGroup.rounding``) by reviving the dead channels with the highest ``scores``.
+    ``SiteGroup.rounding``) and raised to the group's collapse guard (``SiteGroup.floor``, with
+    ``max_pruning_ratio``) by reviving the dead channels with the highest ``scores``.
     Returns a 0/1 float mask per site (the new ``keep`` buffers), consistent within every group.
     """
     graph = dependency_graph(model, example_input)
@@ -186,7 +227,8 @@ def plan_keep_masks(
     for group in site_groups(graph):
         alive = group.alive(site_alive)
         previously_alive = group.alive({n: k for n, k in keep.items()})
-        wanted = rounded_keep_count(int(alive.sum()), group.channels, group.rounding(round_to, concat_round_to))
+        wanted = max(rounded_keep_count(int(alive.sum()), group.channels, group.rounding(round_to, concat_round_to)),
+                     group.floor(round_to, concat_round_to, max_pruning_ratio))
         if wanted > int(alive.sum()):
             score = torch.full((group.channels,), -math.inf)
             for member in group.members:
@@ -330,6 +372,7 @@ def fill_macs_budget(
     *,
     round_to: int = 1,
     concat_round_to: int | None = None,
+    max_pruning_ratio: float = 1.0,
     max_trials: int = 48,
 ) -> tuple[dict[str, Tensor], int]:
     """``keep`` (a threshold search's masks, whose model has ``macs``, at or under ``target_macs``) with pruned
@@ -353,7 +396,7 @@ def fill_macs_budget(
         zero = {n: mask == 0 for n, mask in keep.items()}
         zero[name][index] = False
         trial_keep = plan_keep_masks(model, example_input, zero, round_to=round_to, scores=scores,
-                                     concat_round_to=concat_round_to)
+                                     concat_round_to=concat_round_to, max_pruning_ratio=max_pruning_ratio)
         trials += 1
         trial_macs = macs_with_keep_masks(model, example_input, trial_keep)
         if trial_macs <= target_macs:
@@ -371,6 +414,7 @@ def search_relative_threshold(
     *,
     round_to: int = 1,
     concat_round_to: int | None = None,
+    max_pruning_ratio: float = 1.0,
 ) -> tuple[float, dict[str, Tensor], int]:
     """The smallest relative threshold whose zero-support channels bring MACs to ``target_macs`` or below.
 
@@ -388,7 +432,7 @@ def search_relative_threshold(
     def evaluate(threshold: float) -> tuple[dict[str, Tensor], int]:
         zero = {name: values.cpu() <= threshold for name, values in max_relative_energy.items()}
         keep = plan_keep_masks(model, example_input, zero, round_to=round_to, scores=max_relative_energy,
-                               concat_round_to=concat_round_to)
+                               concat_round_to=concat_round_to, max_pruning_ratio=max_pruning_ratio)
         return keep, macs_with_keep_masks(model, example_input, keep)
 
     low, high = 0, len(candidates) - 1

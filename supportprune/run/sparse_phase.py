@@ -7,7 +7,7 @@ import itertools
 from dataclasses import asdict
 from typing import Any
 
-from supportprune.method import dsd
+from supportprune.method import dsd, group_decay
 from supportprune.method.criteria import Criterion, apply_weight_masks, make_criterion, prunable_weights
 from supportprune.method.support import kept_unit_fractions, reset_support_stats, support_sites
 from supportprune.run.context import RunContext
@@ -25,6 +25,7 @@ class SparsePhase(Phase):
         self.criterion, self.criterion_state = None, {}  # the criterion and its saved observations
         self.revive_store = None  # redense.revive restore: the weights of channels when they were pruned
         self.instance_supports = InstanceSupports(context)
+        self.step, self.fading = 0, []  # group_decay: steps into the Sparse phase, the producing weights fading
 
     def start(self, fresh: bool) -> None:
         context, sparse = self.context, self.context.recipe.sparse
@@ -37,6 +38,7 @@ class SparsePhase(Phase):
 
     def before_epoch(self, epoch: int):
         recipe = self.context.recipe
+        self.step = (epoch - 1) * self.context.steps_per_epoch()
         if self._fixes_supports():
             # DSD (I-alternation): fresh supports every Sparse epoch, estimated as in `train` (its granularity
             # and threshold: Eq. 38 per unit keeps m ⊆ ReLU's support, so m ⊙ q stays close to η*; whole-channel
@@ -51,6 +53,27 @@ class SparsePhase(Phase):
         # DSD: pruned weights stay zero while the rest is retrained.
         if self.context.recipe.sparse.criterion == "magnitude" and self.weight_masks:
             apply_weight_masks(self.context.model, self.weight_masks)
+        if self.context.recipe.sparse.group_decay:
+            self.fade()
+
+    def fade(self) -> None:
+        """sparse.group_decay: re-choose every quarter of the way which channels the cut would remove (the
+        criterion's plan on the scores so far), then decay their producing weights at the growing rate. The last
+        choice restarts the support statistics: the cut then sees the supports of the faded network."""
+        context, sparse = self.context, self.context.recipe.sparse
+        self.step += 1
+        steps = sparse.alternation_epochs[0] * context.steps_per_epoch()
+        if self.step > steps:
+            return
+        every = max(1, steps // 4)
+        if (self.step - 1) % every == 0:
+            config = dsd.scheduled_config(sparse, sparse.alternation_epochs[0])
+            scores = self._criterion().scores(context.model, context.example)
+            _, keep = dsd.planned_cut(context.model, context.example, config, context.baseline_macs, scores, fill=False)
+            self.fading = group_decay.producing_slices(context.model, context.example, keep)
+            if self.step + every > steps:
+                reset_support_stats(context.model)
+        group_decay.fade(context.model, self.fading, group_decay.decay_rate(self.step, steps, sparse.group_decay))
 
     def after_steps(self, epoch: int) -> None:
         if self._fixes_supports():
