@@ -56,25 +56,25 @@ step() {  # step TITLE SECONDS LOG MD -- command...: run with a time limit, appe
   echo "$title: exit $rc, $(( $(date +%s) - start )) s"
 }
 
-step "resnet18 fp16: dense vs pruned to half, global (MACs) vs measured (time) allocation, CUDA graphs at batch 1" 200 \
+step "resnet18 fp16: dense vs pruned to half, global (MACs) vs measured (time) allocation, CUDA graphs at batch 1" 240 \
   "$out/bench-measured.log" "$out/bench-measured.md" -- \
   python3 tools/bench_pruned.py --model resnet18 --input-size 224 --targets 0.5 --round-to 16 \
     --allocations global,measured --precisions fp16 --batch-sizes 1,256 --runs 30 --warmup 5 --device cuda \
     --cuda-graph --tensorrt auto --out "$out/bench-measured.md"
 
-step "resnet18 fp32/fp16 global, 16s and 64s: why (graphs as ORT optimises them for CUDA, each layer alone)" 130 \
+step "resnet18 fp32/fp16 global, 16s and 64s: why (graphs as ORT optimises them for CUDA, each layer alone)" 110 \
   "$out/bench-why.log" "$out/bench-why.md" -- \
   python3 tools/bench_pruned.py --model resnet18 --input-size 224 --targets 0.5 --round-to 16,64 \
     --allocations global --precisions fp32,fp16 --batch-sizes 256 --runs 20 --warmup 5 --device cuda \
     --compare-graphs --profile --profile-runs 10 --out "$out/bench-why.md"
 
-step "int8 QDQ on the GPU (TensorRT when installed, else marked not accelerated on CUDA)" 60 \
+step "int8 QDQ on the GPU (TensorRT when installed, else marked not accelerated on CUDA)" 50 \
   "$out/bench-int8.log" "$out/bench-int8.md" -- \
   python3 tools/bench_pruned.py --model resnet18 --input-size 224 --targets 0.5 --round-to 16 \
     --allocations global --precisions fp32,int8 --batch-sizes 256 --runs 20 --warmup 5 --device cuda \
     --tensorrt auto --out "$out/bench-int8.md"
 
-step "training step, eager: B-alternation vs plain ReLU (goal 0.97)" 80 \
+step "training step, eager: B-alternation vs plain ReLU (goal 0.97)" 70 \
   "$out/train-step.log" "$out/train-step.md" -- \
   python3 tools/bench_train_step.py --device cuda --compile no --out "$out/train-step.md"
 
