@@ -10,7 +10,9 @@ import torch
 from onnx import TensorProto, helper
 
 import supportprune.deploy.benchmark as bench
-from supportprune.deploy.benchmark import BenchResult, benchmark_onnx, results_markdown, select_providers, write_benchmark
+import supportprune.deploy.providers as providers
+from supportprune.deploy.benchmark import BenchResult, benchmark_onnx, results_markdown, write_benchmark
+from supportprune.deploy.providers import select_providers
 from supportprune.errors import SupportpruneError
 
 
@@ -51,7 +53,7 @@ def test_cpu_benchmark_gives_one_result_per_batch_size(tiny_onnx):
 
 
 def test_auto_device_benchmarks_on_cpu_without_gpu(tiny_onnx, monkeypatch):
-    monkeypatch.setattr(bench, "gpu_available", lambda: False)
+    monkeypatch.setattr(providers, "gpu_available", lambda: False)
     (result,) = benchmark_onnx(tiny_onnx, name="named", batch_sizes=(2,), runs=2, warmup=0)
     assert result.model == "named" and result.provider == "CPUExecutionProvider"
 
@@ -82,7 +84,7 @@ def test_select_providers(monkeypatch):
     assert select_providers("cpu") == ["CPUExecutionProvider"]
     if not torch.cuda.is_available():
         assert select_providers("auto") == ["CPUExecutionProvider"]
-    monkeypatch.setattr(bench, "gpu_available", lambda: False)
+    monkeypatch.setattr(providers, "gpu_available", lambda: False)
     assert select_providers("auto") == ["CPUExecutionProvider"]
     with pytest.raises(SupportpruneError, match="cuda"):
         select_providers("cuda")
@@ -137,7 +139,7 @@ def test_tuned_cuda_options_are_passed_only_with_a_gpu(tiny_onnx, monkeypatch):
     monkeypatch.setattr(bench, "open_session", spy)
     benchmark_onnx(tiny_onnx, batch_sizes=[1], runs=1, warmup=0, device="cpu")
     assert seen["providers"] == ["CPUExecutionProvider"]
-    monkeypatch.setattr(bench, "select_providers", lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(providers, "select_providers", lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     benchmark_onnx(tiny_onnx, batch_sizes=[1], runs=1, warmup=0, device="auto")
     assert seen["providers"][0] == ("CUDAExecutionProvider", bench.TUNED_CUDA_OPTIONS)
     benchmark_onnx(tiny_onnx, batch_sizes=[1], runs=1, warmup=0, device="auto", cuda_options={})

@@ -7,9 +7,10 @@ import dataclasses
 import onnxruntime
 import pytest
 
-from supportprune.deploy import benchmark, gpu_providers
+from supportprune.deploy import benchmark, gpu_providers, providers as ort_providers
 from supportprune.pipelines import deliver
-from supportprune.deploy.benchmark import CPU, CUDA, TUNED_CUDA_OPTIONS, slower_warning
+from supportprune.deploy.benchmark import slower_warning
+from supportprune.deploy.providers import CPU, CUDA, TUNED_CUDA_OPTIONS
 from supportprune.deploy.gpu_providers import (
     TENSORRT,
     cuda_graph_providers,
@@ -26,7 +27,7 @@ def machine(monkeypatch):
     """Set what the machine has: a GPU or not, the providers ORT lists, whether TensorRT's library loads."""
 
     def configure(gpu: bool, providers: list[str], tensorrt_library: bool = False) -> None:
-        monkeypatch.setattr(benchmark, "gpu_available", lambda: gpu)
+        monkeypatch.setattr(ort_providers, "gpu_available", lambda: gpu)
         monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(providers))
         monkeypatch.setattr(gpu_providers.importlib.util, "find_spec",
                             lambda name: object() if tensorrt_library and name == "tensorrt" else None)

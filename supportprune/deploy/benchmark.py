@@ -21,19 +21,13 @@ import torch
 
 from supportprune.store.atomic import atomic_write_text
 from supportprune.errors import SupportpruneError
+from supportprune.deploy.providers import (  # noqa: F401  (the providers this module times on)
+    CPU, CUDA, DEVICES, TUNED_CUDA_OPTIONS, gpu_available, select_providers, session_providers,
+)
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-DEVICES = ("auto", "cuda", "cpu")
 CUDA_GRAPH = "+graph"  # suffix of the provider of a result timed as a replayed CUDA graph
 _QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 _ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
-
-
-# Tuned CUDA provider options: cuDNN picks the fastest convolution algorithm for each shape once
-# (exhaustive search), may use as much workspace as it likes, and runs in NHWC, the layout tensor
-# cores want (this matters most for fp16).
-TUNED_CUDA_OPTIONS = {"cudnn_conv_algo_search": "EXHAUSTIVE", "cudnn_conv_use_max_workspace": "1", "prefer_nhwc": "1"}
 
 
 @dataclass(frozen=True)
@@ -48,34 +42,6 @@ class BenchResult:
     throughput: float  # images/s = batch_size / median seconds
     macs: int = 0  # multiply-accumulates per image, counted from the ONNX graph
     precision: str = "fp32"
-
-
-def gpu_available() -> bool:
-    return torch.cuda.is_available()
-
-
-def select_providers(device: str = "auto") -> list[str]:
-    """ORT providers for ``device``. CUDA is only asked for when a GPU is present: asking for it
-    without one makes ORT log provider-load errors before falling back to the CPU."""
-    if device not in DEVICES:
-        raise SupportpruneError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-    if device == "cpu":
-        return [CPU]
-    import onnxruntime as ort
-
-    if gpu_available() and CUDA in ort.get_available_providers():
-        return [CUDA, CPU]
-    if device == "cuda":
-        raise SupportpruneError(
-            "device 'cuda' needs a CUDA GPU and onnxruntime-gpu with CUDAExecutionProvider; use --device cpu or auto"
-        )
-    return [CPU]
-
-
-def session_providers(device: str = "auto", cuda_options: dict[str, str] | None = None) -> list[Any]:
-    """``select_providers(device)`` with the CUDA provider's options attached (default: the tuned ones)."""
-    options = TUNED_CUDA_OPTIONS if cuda_options is None else cuda_options
-    return [(CUDA, options) if p == CUDA else p for p in select_providers(device)]
 
 
 def benchmark_onnx(path: str | os.PathLike, *, name: str | None = None, **options: Any) -> list[BenchResult]:

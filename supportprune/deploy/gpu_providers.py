@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from supportprune.deploy import benchmark
-from supportprune.deploy.benchmark import CPU, CUDA, TUNED_CUDA_OPTIONS
+from supportprune.deploy import providers
+from supportprune.deploy.providers import CPU, CUDA, TUNED_CUDA_OPTIONS
 from supportprune.errors import SupportpruneError
 
 TENSORRT = "TensorrtExecutionProvider"
@@ -48,7 +48,7 @@ def providers_for(precision: str, device: str = "auto", *, cuda_options: dict[st
     is usable, then CUDA (tuned options unless ``cuda_options``), then the CPU for what neither runs."""
     if tensorrt not in TENSORRT_MODES:
         raise SupportpruneError(f"tensorrt must be one of {', '.join(TENSORRT_MODES)}, got {tensorrt!r}")
-    base = benchmark.select_providers(device)  # looked up at call time: one place decides whether CUDA is there
+    base = providers.select_providers(device)  # looked up at call time: one place decides whether CUDA is there
     if CUDA not in base:
         if tensorrt == "on":
             raise SupportpruneError("tensorrt: on needs a CUDA GPU; use tensorrt: auto or off")
