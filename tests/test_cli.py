@@ -207,7 +207,9 @@ def test_sigkill_after_pruning_then_resume_equals_the_uninterrupted_run(tmp_path
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output and ", step " in resumed.output
     # No warning about the checkpoints (an int8 model agreeing with fp32 on under 99% of images is warned about too).
-    assert not [line for line in resumed.output.splitlines() if "warning" in line and "int8 top-1 agrees" not in line]
+    # (Nor the speed warning, which depends on how fast this machine ran the tiny models.)
+    assert not [line for line in resumed.output.splitlines()
+                if "warning" in line and "int8 top-1 agrees" not in line and "ran slower than the baseline" not in line]
     _assert_same_run(out, reference)
 
 

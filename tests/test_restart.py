@@ -45,7 +45,7 @@ def _die_after_preparing(monkeypatch):
     def killed(*args, **kwargs):
         raise _Killed()
 
-    monkeypatch.setattr(supportprune.run.setup, "load_data", killed)  # the first step after the directory is prepared
+    monkeypatch.setattr(supportprune.run.setup, "recipe_loaders", killed)  # the first step after the directory is prepared
 
 
 def test_restart_killed_before_its_first_checkpoint_is_not_resumed_from_the_discarded_run(tmp_path, monkeypatch):

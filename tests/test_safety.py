@@ -162,4 +162,4 @@ def test_every_load_in_the_package_is_restricted():
             if "np.load(" in line and "npz" not in line:
                 assert "allow_pickle=False" in line, where
             if "pickle.load" in line or "Unpickler" in line:
-                assert source.name == "data.py", where
+                assert source.name == "in_memory.py", where  # the CIFAR reader lives with the in-memory sources

@@ -153,10 +153,14 @@ def test_channel_baselines_prune_to_the_macs_target(tmp_path, criterion):
     spec = ModelSpec(**json.loads((out / "run.json").read_text())["spec"])
     keep = {k[:-len(".keep")]: v for k, v in read_checkpoint(out / "models" / "sparse.pt")["model"].items()
             if k.endswith(".keep")}
-    assert _macs_with_keep(spec, keep) == exported["sparse"]["macs"]
+    # The search counts MACs as the run does (torch-pruning, on the converted model); export.json counts them from
+    # the ONNX graph, as the benchmark does, so the target for this check is the run's own count.
+    example = spec.example_input()
+    run_target = int(0.6 * count_macs_params(convert_relus(build_model(spec, None), example), example)[0])
+    assert _macs_with_keep(spec, keep) <= run_target
     pruned = [(name, channel) for name, mask in keep.items() for channel in (mask == 0).nonzero().flatten().tolist()]
     assert pruned
-    assert any(_macs_with_keep(spec, _restored(keep, name, channel)) > target for name, channel in pruned)
+    assert any(_macs_with_keep(spec, _restored(keep, name, channel)) > run_target for name, channel in pruned)
 
 
 def _restored(keep, name, channel):

@@ -86,17 +86,7 @@ def write_report(layout, model_name, recipe, data_description, summaries, bench,
         + (f" {a[speedup_key]:.2f}× |" if latency and a.get(speedup_key) else " |" if latency else "")
         for a in state.alternations
     )
-    allocation_text = {
-        "latency": f"\n\nAllocation `latency`: channels were cut until the layer latencies timed with ONNX Runtime on this "
-        f"machine (`latency-table.json`) predicted {recipe.sparse.latency_target:g} of the dense time, always where "
-        "the least support was lost per second saved; the weakest channels of a group go first, and the threshold "
-        "shown is the highest score pruned. The predicted speed-up covers the convolution and linear layers only.",
-        "measured": f"\n\nAllocation `measured`: whole pruned models were exported and timed with ONNX Runtime on this "
-        f"machine ({recipe.sparse.latency_precision}), and channels were cut until the measured time was "
-        f"{recipe.sparse.latency_target:g} of the dense model's, always where the least support was lost per second "
-        "saved (NetAdapt-style); the weakest channels of a group go first, and the threshold shown is the highest score "
-        "pruned. The measured speed-up is the whole model's, dense ÷ pruned, as timed during the search.",
-    }.get(recipe.sparse.allocation, "")
+    allocation_text = _allocation_text(recipe.sparse)
     text = f"""# supportprune report: {model_name}
 
 Dense–Sparse–Dense with {_criterion_text(recipe.sparse)}, on {data_description}.
@@ -104,7 +94,7 @@ Wall time {seconds:.0f} s. Recipe: `recipe.yaml`; per-epoch metrics: `metrics.js
 {_notes_text(notes)}{_start_text(state)}
 {summary_table(summaries, bench)}
 
-ONNX Runtime provider: {provider}. MACs are counted by torch-pruning for one image. Top-1 is on the validation split. "sparse" is the physically pruned
+ONNX Runtime provider: {provider}. MACs are counted for one image from the exported ONNX graph, as the benchmark counts them. Top-1 is on the validation split. "sparse" is the physically pruned
 model (torch-pruning); "dense" is the final DSD model, with the original shape. The largest difference
 between each ONNX model and PyTorch on real inputs is in `export.json`
 ({', '.join(f"{s.kind} {s.max_abs_diff:.1e}" for s in summaries)}).
@@ -138,6 +128,22 @@ sparse model's to see what re-dense training itself gave.
         text += skipped_plots_note(no_plots) + "\n"
     atomic_write_text(layout.report, text)
 
+
+
+def _allocation_text(sparse) -> str:
+    """What the latency and measured allocations did (nothing for the global one, which has no time target)."""
+    if sparse.allocation == "latency":
+        return (f"\n\nAllocation `latency`: channels were cut until the layer latencies timed with ONNX Runtime on this "
+                f"machine (`latency-table.json`) predicted {sparse.latency_target:g} of the dense time, always where "
+                "the least support was lost per second saved; the weakest channels of a group go first, and the threshold "
+                "shown is the highest score pruned. The predicted speed-up covers the convolution and linear layers only.")
+    if sparse.allocation == "measured":
+        return (f"\n\nAllocation `measured`: whole pruned models were exported and timed with ONNX Runtime on this "
+                f"machine ({sparse.latency_precision}), and channels were cut until the measured time was "
+                f"{sparse.latency_target:g} of the dense model's, always where the least support was lost per second "
+                "saved (NetAdapt-style); the weakest channels of a group go first, and the threshold shown is the highest "
+                "score pruned. The measured speed-up is the whole model's, dense ÷ pruned, as timed during the search.")
+    return ""
 
 def _int8_text(layout, bench: Sequence[Any]) -> str:
     """The int8 models' top-1 agreement with fp32 (from export.json), any warning, and the headline ratio:
