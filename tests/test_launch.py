@@ -17,6 +17,9 @@ def test_a_failure_under_torchrun_is_one_line_per_rank(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert sorted(line.split(":")[1] for line in errors) == [" rank 0", " rank 1"], output
-    assert all("unknown model 'resnet1000'" in line for line in errors)
+    ranks = [line.split(":")[1] for line in errors]
+    # Every rank fails on the model; torchrun stops a rank still running once another has failed, so a rank may
+    # be stopped before it says so: at most one line per rank, each its own error, none about the teardown.
+    assert ranks and len(ranks) == len(set(ranks)) and set(ranks) <= {" rank 0", " rank 1"}, output
+    assert all("unknown model 'resnet1000'" in line for line in errors), output
     assert "Traceback" not in output and "ChildFailedError" not in output and "elastic" not in output

@@ -1,7 +1,8 @@
 """``python -m supportprune.run.launch TORCHRUN-OPTIONS COMMAND ARGS``: torchrun running ``supportprune COMMAND ARGS``
 in each process, with failures told the supportprune way. Every rank already ends a failure in its own one-line
 ``error:``; torchrun would add its agent's log lines and the traceback of its own ChildFailedError. Here they are left
-out: a rank that could not speak (killed by a signal) gets one line, and the exit code is the first failed rank's."""
+out: a rank that could not speak (killed by a signal, when no rank failed with its own error) gets one line, and
+the exit code is the first failed rank's."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         run(parse_args([*argv[:split], "-m", "supportprune", *argv[split:]]))
     except ChildFailedError as error:
         failures = sorted(error.failures.items())
+        spoke = any(failure.exitcode > 0 for _, failure in failures)
         for rank, failure in failures:
-            if failure.exitcode < 0:
+            # torchrun stops the other ranks with SIGTERM once one has failed: that is its teardown, not news,
+            # so a killed rank gets a line only when no rank failed with its own error
+            if failure.exitcode < 0 and not spoke:
                 print(f"error: rank {rank} was killed by {failure.signal_name()}", file=sys.stderr)
         return next((failure.exitcode for _, failure in failures if failure.exitcode > 0), 1)
     return 0
