@@ -12,7 +12,7 @@ All prune to the same target: a fraction of the MACs (``allocation: global``), o
 per-layer latency table predicts (``allocation: latency``). Each run's sparse model is exported to ONNX
 and timed side by side with the starting model (ONNX Runtime, the benchmark device), so the report gives
 accuracy against MACs and against measured latency. Runs are ordinary run directories, resumable, and a
-finished run is read, not repeated, under the same settings (``experiment.reuse_or_set_aside``).
+finished run is read, not repeated, under the same settings (``experiment.compressed_metrics``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from supportprune.errors import SupportpruneError
-from supportprune.pipelines.experiment import reuse_or_set_aside, run_key
+from supportprune.pipelines.experiment import compressed_metrics
 from supportprune.inputs.recipe import Recipe, with_overrides
 from supportprune.method.criteria import CHANNEL_CRITERIA
-from supportprune.pipelines.results import CompressMetrics, read_compress_metrics
+from supportprune.pipelines.results import CompressMetrics
 from supportprune.reports.criteria_report import write_comparison_report
 from supportprune.reports.experiment_report import mean_std
 from supportprune.store.atomic import atomic_write_text
@@ -163,17 +163,10 @@ def _method_overrides(plan: ComparisonPlan, method: str, target: float, allocati
 
 
 def _compress_and_time(plan: ComparisonPlan, recipe: Recipe, name: str, message, reporter) -> dict[str, Any]:
-    from supportprune.pipelines.compress import compress
     from supportprune.store.layout import RunLayout
 
     layout = RunLayout((plan.runs_dir or plan.out_dir / "runs") / name)
-    if reuse_or_set_aside(layout.root, run_key(plan.model, recipe, plan.max_steps), message):
-        result = read_compress_metrics(layout)
-    else:
-        message(f"experiment: {name}")
-        result = compress(plan.model, recipe, layout.root, device=plan.device, reporter=reporter,
-                          max_steps_per_epoch=plan.max_steps, deliver=False).metrics
-    plan.run_seconds[name] = result.seconds
+    result = compressed_metrics(plan, recipe, name, layout.root, message, reporter)
     latency_path = layout.root / LATENCY_FILE
     if not latency_path.exists():
         atomic_write_text(latency_path, json.dumps(time_sparse_model(layout, plan), indent=1))

@@ -120,19 +120,26 @@ def _train_run(plan, recipe, alternation, seed, message, reporter) -> dict[str, 
 
 
 def _compress_run(plan, recipe, name, message, reporter, overrides) -> CompressMetrics:
+    resolved = with_overrides(recipe, overrides, f"experiment run {name}")  # the run's recipe, validated once
+    metrics = compressed_metrics(plan, resolved, name, plan.run_dir(name), message, reporter)
+    return replace(metrics, criterion=resolved.sparse.criterion)  # runs made before result.json recorded it
+
+
+def compressed_metrics(plan, recipe: Recipe, name: str, root: Path, message, reporter) -> CompressMetrics:
+    """The metrics of the compress run ``name`` in ``root`` (without delivery): read back when a finished run of
+    the same model, recipe and budget is there, trained otherwise; its seconds go into ``plan.run_seconds``."""
     from supportprune.pipelines.compress import compress
     from supportprune.store.layout import RunLayout
 
-    layout = RunLayout(plan.run_dir(name))
-    resolved = with_overrides(recipe, overrides, f"experiment run {name}")  # the run's recipe, validated once
-    if reuse_or_set_aside(layout.root, run_key(plan.model, resolved, plan.max_steps), message):
+    layout = RunLayout(root)
+    if reuse_or_set_aside(layout.root, run_key(plan.model, recipe, plan.max_steps), message):
         metrics = read_compress_metrics(layout)
     else:
         message(f"experiment: {name}")
-        metrics = compress(plan.model, resolved, layout.root, device=plan.device, reporter=reporter,
+        metrics = compress(plan.model, recipe, layout.root, device=plan.device, reporter=reporter,
                            max_steps_per_epoch=plan.max_steps, deliver=False).metrics
     plan.run_seconds[name] = metrics.seconds
-    return replace(metrics, criterion=resolved.sparse.criterion)  # runs made before result.json recorded it
+    return metrics
 
 
 def run_key(model: str, recipe: Recipe, max_steps: Optional[int]) -> dict[str, Any]:
