@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         entry = train_one(name, point, epochs, recipe, out, device, args.max_steps or point.steps, log)
         entry["command"] = command
         entry["recipe"] = recipe.to_dict()
+        # read again just before writing: another process may have added its model meanwhile
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
         manifest["models"][name] = entry
         atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return 0
